@@ -1,0 +1,128 @@
+"""common.py's helpers: minibatches, the validation split, devices, accuracy, the CLI glue."""
+
+import argparse
+import io
+
+import pytest
+import torch
+
+import common
+
+
+def numbered(n, device="cpu"):
+    """X row i holds the value i, y[i] = i: every batch tells which examples it holds."""
+    X = torch.arange(n, dtype=torch.float32, device=device).repeat(3, 1).T  # (n, 3)
+    return X, torch.arange(n, device=device)
+
+
+@pytest.mark.parametrize("n, batch", [(10, 3), (12, 4), (7, 10), (1, 1)])
+@pytest.mark.parametrize("shuffled", [True, False])
+def test_minibatches_cover_every_example_exactly_once(n, batch, shuffled):
+    X, y = numbered(n)
+    generator = common.make_generator(0) if shuffled else None
+    seen = torch.cat([yb for _, yb in common.minibatches(X, y, batch, generator)])
+    assert sorted(seen.tolist()) == list(range(n))
+
+
+@pytest.mark.parametrize("n, batch", [(10, 3), (12, 4), (7, 10)])
+def test_drop_last_keeps_only_full_batches_of_distinct_examples(n, batch):
+    X, y = numbered(n)
+    batches = list(common.minibatches(X, y, batch, common.make_generator(1), drop_last=True))
+    assert len(batches) == n // batch
+    assert all(len(yb) == batch for _, yb in batches)
+    seen = torch.cat([yb for _, yb in batches]).tolist() if batches else []
+    assert len(set(seen)) == len(seen) == (n // batch) * batch
+
+
+def test_batches_keep_rows_and_labels_together():
+    X, y = numbered(50)
+    for xb, yb in common.minibatches(X, y, 8, common.make_generator(3)):
+        assert torch.equal(xb[:, 0].long(), yb)
+
+
+def test_the_same_seed_gives_the_same_order_and_another_seed_another():
+    X, y = numbered(100)
+
+    def order(seed):
+        return [yb.tolist() for _, yb in common.minibatches(X, y, 16, common.make_generator(seed))]
+
+    assert order(7) == order(7)
+    assert order(7) != order(8)
+    assert order(7) != [list(range(i, min(i + 16, 100))) for i in range(0, 100, 16)]
+
+
+def test_each_epoch_draws_a_fresh_order_from_the_same_generator():
+    X, y = numbered(100)
+    g = common.make_generator(0)
+    first = [yb.tolist() for _, yb in common.minibatches(X, y, 10, g)]
+    second = [yb.tolist() for _, yb in common.minibatches(X, y, 10, g)]
+    assert first != second
+
+
+def test_batches_live_on_the_device_of_the_data(device):
+    X, y = numbered(20, device)
+    for generator in (None, common.make_generator(0)):
+        for xb, yb in common.minibatches(X, y, 6, generator):
+            assert xb.device.type == device.type and yb.device.type == device.type
+
+
+def test_split_is_disjoint_complete_and_deterministic():
+    X, y = numbered(100)
+    X_tr, y_tr, X_val, y_val = common.train_val_split(X, y, 20, common.make_generator(5))
+    assert len(y_val) == 20 and len(y_tr) == 80
+    assert set(y_tr.tolist()).isdisjoint(y_val.tolist())
+    assert sorted(y_tr.tolist() + y_val.tolist()) == list(range(100))
+    assert torch.equal(X_tr[:, 0].long(), y_tr)
+    again = common.train_val_split(X, y, 20, common.make_generator(5))
+    assert torch.equal(again[3], y_val)
+    other = common.train_val_split(X, y, 20, common.make_generator(6))
+    assert not torch.equal(other[3], y_val)
+
+
+def test_split_rejects_a_validation_set_as_large_as_the_data():
+    X, y = numbered(10)
+    with pytest.raises(ValueError, match="val_size must be between 0 and 9"):
+        common.train_val_split(X, y, 10, common.make_generator(0))
+
+
+def test_pick_device_without_cuda_says_what_to_do(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError) as err:
+        common.pick_device("cuda")
+    assert "sees no CUDA GPU" in str(err.value) and "--device cpu" in str(err.value)
+    assert common.pick_device("auto") == torch.device("cpu")
+    assert common.pick_device("cpu") == torch.device("cpu")
+
+
+def test_pick_device_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        common.pick_device("tpu")
+
+
+def test_accuracy_counts_argmax_hits():
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, -1.0], [0.1, 0.2]])
+    assert common.accuracy(logits, torch.tensor([0, 1, 1, 0])) == pytest.approx(0.5)
+
+
+def test_result_line_formats_floats_booleans_and_ints():
+    line = common.result_line(test_accuracy=0.96612, ok=True, epochs=8, err=3.2e-10)
+    assert line == "result: test_accuracy=0.9661 ok=true epochs=8 err=3.2e-10"
+
+
+def test_run_main_turns_user_errors_into_one_line_and_status_2(capsys):
+    def main(argv):
+        raise ValueError("--lr must be positive, got -1.")
+
+    assert common.run_main(main, []) == 2
+    assert capsys.readouterr().err == "error: --lr must be positive, got -1.\n"
+
+
+def test_show_progress_needs_a_terminal():
+    pipe = io.StringIO()  # a stand-in for a redirected stderr: isatty() is False
+    assert common.show_progress(False, pipe) is False
+    assert common.show_progress(True, pipe) is False
+
+
+def test_add_run_args_defaults():
+    args = common.add_run_args(argparse.ArgumentParser(), seed=3).parse_args([])
+    assert (args.device, args.seed, args.limit, args.no_progress) == ("auto", 3, None, False)

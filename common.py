@@ -100,7 +100,8 @@ def read_idx(path, magic):
     header = 4 + 4 * ndim
     hint = "move it away (or delete it) and run again to fetch a fresh copy"
     if len(data) < header:
-        raise ValueError(f"{path} is not an MNIST IDX file: it holds only {len(data)} bytes; {hint}.")
+        raise ValueError(f"{path} is not an MNIST IDX file: it holds only {len(data)} bytes; "
+                         f"{hint}.")
     (found,) = struct.unpack(">I", data[:4])
     if found != magic:
         raise ValueError(
@@ -335,7 +336,7 @@ def accuracy(logits, y):
 # ----------------------------------------------------------------------------- devices, CLI
 
 def pick_device(name="auto"):
-    """"auto" | "cpu" | "cuda" | "cuda:N" -> torch.device; a clear ValueError when CUDA is absent."""
+    """"auto", "cpu", "cuda" or "cuda:N" -> torch.device; a clear ValueError if CUDA is absent."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
@@ -352,13 +353,14 @@ def pick_device(name="auto"):
     raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda.")
 
 
-def add_run_args(parser, seed=0):
-    """The arguments every lesson shares: --device, --seed, --limit, --no-progress."""
+def add_run_args(parser, seed=0, data=True):
+    """The arguments the lessons share: --device, --seed, and with data --limit, --no-progress."""
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     parser.add_argument("--seed", type=int, default=seed, help="seed of every random draw")
-    parser.add_argument("--limit", type=int, default=None, metavar="N",
-                        help="use only the first N training and N test digits (quick checks)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if data:
+        parser.add_argument("--limit", type=int, default=None, metavar="N",
+                            help="use only the first N training and N test digits (quick checks)")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 

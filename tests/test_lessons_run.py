@@ -1,0 +1,101 @@
+"""Each lesson runs end to end on a small slice and ends with its `result:` line."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import load_lesson
+
+import common
+
+ROOT = Path(__file__).resolve().parent.parent
+LESSONS = ["01_logistic_regression", "02_mlp_forward", "03_mlp_backward"]
+
+
+def result_of(output):
+    """The key=value pairs of the last line, which must start with 'result:'."""
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("result: "), last
+    return dict(pair.split("=", 1) for pair in last[len("result: "):].split())
+
+
+def run(lesson, *args):
+    """Run a lesson's main in this process -> (exit status, stdout, stderr) via run_main."""
+    return common.run_main(load_lesson(lesson).main, list(args))
+
+
+@pytest.mark.mnist
+def test_01_trains_on_a_slice_and_reports_class_9_metrics(mnist, capsys):
+    assert run("01_logistic_regression", "--limit", "3000", "--epochs", "2", "--no-progress") == 0
+    out = capsys.readouterr().out
+    result = result_of(out)
+    assert set(result) >= {"test_accuracy", "precision", "recall", "f1", "baseline_accuracy", "ok"}
+    assert float(result["test_accuracy"]) > float(result["baseline_accuracy"])
+    assert result["ok"] == "true" and "epoch 2/2 | loss" in out
+
+
+@pytest.mark.mnist
+def test_02_prints_shapes_parameter_count_and_initial_loss(mnist, capsys):
+    assert run("02_mlp_forward", "--digits", "200", "--device", "cpu") == 0
+    out = capsys.readouterr().out
+    result = result_of(out)
+    assert result["params"] == "468874" and result["ok"] == "true"
+    assert abs(float(result["initial_loss"]) - 2.3026) < 1.0
+    assert "784x512" in out and "ln 10 = 2.3026" in out
+
+
+def test_03_checks_gradients_and_times_the_jacobian_route(capsys):
+    assert run("03_mlp_backward", "--repeats", "2", "--device", "cpu") == 0
+    out = capsys.readouterr().out
+    result = result_of(out)
+    assert result["ok"] == "true" and float(result["max_rel_error"]) < 1e-6
+    assert float(result["jacobian_max_diff"]) < 1e-12
+    assert "W4" in out and "verdict: every gradient checks out" in out
+
+
+@pytest.mark.parametrize("lesson, args, words", [
+    ("01_logistic_regression", ["--lr", "0"], "--lr positive"),
+    ("01_logistic_regression", ["--epochs", "0"], "must be at least 1"),
+    ("02_mlp_forward", ["--sizes", "784"], "--sizes must start with 784"),
+    ("02_mlp_forward", ["--device", "tpu"], "unknown device 'tpu'"),
+    ("03_mlp_backward", ["--repeats", "0"], "--repeats must be at least 1"),
+])
+def test_bad_arguments_give_one_sentence_and_status_2(lesson, args, words, capsys):
+    assert run(lesson, *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("lesson", LESSONS[:3])
+def test_cuda_asked_for_without_cuda_is_a_clear_error(lesson, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run(lesson, "--device", "cuda") == 2
+    assert "sees no CUDA GPU; use --device cpu" in capsys.readouterr().err
+
+
+def test_lessons_print_nothing_when_imported():
+    code = f"import importlib\nfor n in {LESSONS!r}: importlib.import_module(n)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and done.stderr == ""
+
+
+def test_lessons_never_mention_autograd():
+    words = ("autograd", "requires_grad", ".backward(", ".grad ")
+    for name in ["common"] + LESSONS:
+        source = (ROOT / f"{name}.py").read_text()
+        assert not [w for w in words if w in source], name
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize("lesson, args", [
+    ("01_logistic_regression", ["--limit", "500", "--epochs", "1"]),
+    ("02_mlp_forward", ["--digits", "20"]),
+])
+def test_lessons_run_as_scripts(mnist, lesson, args):
+    done = subprocess.run([sys.executable, f"{lesson}.py", "--device", "cpu", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert result_of(done.stdout)["ok"] == "true"

@@ -120,12 +120,13 @@ def train(params, X, t, epochs, batch_size, lr, generator, progress=False):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.5, help="first learning rate; decays to 0")
     common.add_run_args(parser)
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv)
     if args.epochs < 1 or args.batch_size < 1 or not args.lr > 0:
         raise ValueError("--epochs and --batch-size must be at least 1 and --lr positive, got "
                          f"{args.epochs}, {args.batch_size} and {args.lr}.")

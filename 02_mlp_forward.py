@@ -114,13 +114,14 @@ def describe(params, sizes):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[784, 512, 128, 10],
                         help="layer widths, input first (default: 784 512 128 10)")
     parser.add_argument("--digits", type=int, default=1000,
                         help="how many test digits to push through the untrained network")
     common.add_run_args(parser, data=False)
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv)
     if len(args.sizes) < 2 or min(args.sizes) < 1 or args.sizes[0] != 784:
         raise ValueError(f"--sizes must start with 784 and hold at least two positive widths, "
                          f"got {args.sizes}.")

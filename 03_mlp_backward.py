@@ -183,12 +183,13 @@ def median_seconds(fn, device, repeats=50):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tolerance", type=float, default=1e-6,
                         help="largest relative error the check accepts (float64)")
     parser.add_argument("--repeats", type=int, default=50, help="timed calls per measurement")
     common.add_run_args(parser, data=False)
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv)
     if args.repeats < 1:
         raise ValueError(f"--repeats must be at least 1, got {args.repeats}.")
     device = common.pick_device(args.device)

@@ -11,6 +11,7 @@ root you pass) and says where it came from; later calls read the four raw files 
 no network.
 """
 
+import argparse
 import gzip
 import hashlib
 import io
@@ -364,6 +365,20 @@ def add_run_args(parser, seed=0, data=True):
     return parser
 
 
+def parse_args(parser, argv=None):
+    """parser.parse_args, but a mistake becomes one ValueError sentence instead of usage + exit.
+
+    The parser must be built with exit_on_error=False.
+    """
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except argparse.ArgumentError as err:
+        raise ValueError(f"{err}; see --help.") from None
+    if extra:
+        raise ValueError(f"unrecognised arguments: {' '.join(extra)}; see --help.")
+    return args
+
+
 def show_progress(no_progress, stream=sys.stderr):
     """Progress bars only when asked for and when stderr is a terminal."""
     return not no_progress and stream.isatty()
@@ -381,7 +396,7 @@ def load_mnist_for_run(args, device):
 def result_line(**values):
     """'result: key=value ...' with floats to 4 significant decimals: the last line of a run."""
     def fmt(v):
-        if isinstance(v, bool):
+        if isinstance(v, bool) or v is None:
             return str(v).lower()
         if isinstance(v, float):
             return f"{v:.4g}" if abs(v) < 1e-3 and v != 0 else f"{v:.4f}"

@@ -11,7 +11,7 @@ from conftest import load_lesson
 import common
 
 ROOT = Path(__file__).resolve().parent.parent
-LESSONS = ["01_logistic_regression", "02_mlp_forward", "03_mlp_backward"]
+LESSONS = ["01_logistic_regression", "02_mlp_forward", "03_mlp_backward", "04_train_mnist"]
 
 
 def result_of(output):

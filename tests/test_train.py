@@ -1,0 +1,330 @@
+"""Lesson 04: updates, training, presets, files, faults, resume and determinism."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import load_lesson
+
+import common
+
+train = load_lesson("04_train_mnist")
+fwd = load_lesson("02_mlp_forward")
+ROOT = Path(__file__).resolve().parent.parent
+
+# A small, quick run on the real digits: 2,000 training digits, 400 of them for validation.
+SMALL = ["--limit", "2000", "--val-size", "400", "--epochs", "3", "--batch-size", "50",
+         "--hidden", "64", "32", "--no-progress", "--device", "cpu"]
+
+
+def run(*args):
+    return common.run_main(train.main, [str(a) for a in args])
+
+
+def metrics(out):
+    """metrics.json, refusing NaN and Infinity (not JSON)."""
+    def no_constants(name):
+        raise ValueError(f"metrics.json holds {name}")
+    return json.loads((out / "metrics.json").read_text(), parse_constant=no_constants)
+
+
+def random_problem(sizes=(12, 9, 7, 4), B=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    params = fwd.init_params(list(sizes), g)
+    params = tuple(p + 0.1 * torch.randn(p.shape, generator=g) for p in params)  # b != 0
+    x, y = torch.rand(B, sizes[0], generator=g), torch.randint(0, sizes[-1], (B,), generator=g)
+    return params, x, y
+
+
+# ----------------------------------------------------------------------------- updates
+
+def test_momentum_step_matches_its_formula_by_hand():
+    p, v, g = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 0.0]), torch.tensor([2.0, 1.0])
+    (new_p,), (new_v,) = train.momentum_step((p,), (v,), (g,), lr=0.1, momentum=0.9)
+    # v' = 0.9 * v + g = (0.45 + 2, 0 + 1) = (2.45, 1);  p' = p - 0.1 * v' = (0.755, -2.1)
+    torch.testing.assert_close(new_v, torch.tensor([2.45, 1.0]))
+    torch.testing.assert_close(new_p, torch.tensor([0.755, -2.1]))
+
+
+def test_update_functions_are_pure():
+    params, x, y = random_problem()
+    velocity = tuple(torch.randn_like(p) for p in params)
+    grads = tuple(torch.randn_like(p) for p in params)
+    before = [t.clone() for t in (*params, *velocity, *grads, x, y)]
+    new_p, new_v = train.momentum_step(params, velocity, grads, 0.1, 0.9)
+    new_p2, new_v2, loss = train.train_step(params, velocity, x, y, 0.1, 0.9, 1e-3)
+    train.add_weight_decay(grads, params, 0.1)
+    for old, now in zip(before, (*params, *velocity, *grads, x, y)):
+        assert torch.equal(old, now)  # nothing passed in was changed
+    assert all(a is not b for a, b in zip(new_p, params))
+    assert isinstance(new_p2, tuple) and len(new_v2) == len(params) and loss.dim() == 0
+
+
+def test_momentum_step_in_place_equals_the_pure_one():
+    params, _, _ = random_problem()
+    velocity = tuple(torch.randn_like(p) for p in params)
+    grads = tuple(torch.randn_like(p) for p in params)
+    expected = train.momentum_step(params, velocity, grads, 0.05, 0.8)
+    params_, velocity_ = [p.clone() for p in params], [v.clone() for v in velocity]
+    assert train.momentum_step_(params_, velocity_, grads, 0.05, 0.8) is None
+    for a, b in zip((*expected[0], *expected[1]), (*params_, *velocity_)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.9, 5e-3),
+                                                    (0.0, 5e-3)])
+def test_fused_in_place_step_equals_the_pure_step(momentum, weight_decay):
+    params, x, y = random_problem(seed=3)
+    params = tuple(p.double() for p in params)
+    x = x.double()
+    velocity = tuple(torch.zeros_like(p) for p in params)
+    pure_p, pure_v = params, velocity
+    fused_p, fused_v = [p.clone() for p in params], [v.clone() for v in velocity]
+    for _ in range(4):  # a few steps, so the velocity matters
+        pure_p, pure_v, pure_loss = train.train_step(pure_p, pure_v, x, y, 0.1, momentum,
+                                                     weight_decay)
+        fused_loss = train.train_step_(fused_p, fused_v, x, y, 0.1, momentum, weight_decay)
+        assert abs(pure_loss.item() - fused_loss.item()) < 1e-12
+    for a, b in zip(pure_p, fused_p):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_training_steps_build_no_graph_under_inference_mode():
+    params, x, y = random_problem()
+    velocity = tuple(torch.zeros_like(p) for p in params)
+    with torch.inference_mode():
+        new_p, new_v, loss = train.train_step(params, velocity, x, y, 0.1, 0.9)
+        fused = [p.clone() for p in params]
+        loss_ = train.train_step_(fused, [v.clone() for v in velocity], x, y, 0.1, 0.9)
+    for t in (*new_p, *new_v, loss, *fused, loss_):
+        assert not t.requires_grad and t.grad_fn is None
+
+
+def test_random_shift_moves_each_image_by_at_most_the_shift():
+    x = torch.zeros(64, 784)
+    x[:, 14 * 28 + 14] = 1.0  # one bright pixel in the middle of each image
+    g = torch.Generator().manual_seed(0)
+    shifted = train.random_shift(x, 2, g)
+    assert shifted.shape == (64, 784) and torch.equal(shifted.sum(1), torch.ones(64))
+    where = shifted.nonzero()[:, 1]  # the bright pixel's flat position in each image
+    rows, cols = where // 28, where % 28
+    assert (rows - 14).abs().max() <= 2 and (cols - 14).abs().max() <= 2
+    assert len(set(zip(rows.tolist(), cols.tolist()))) > 10  # images get their own offsets
+    assert torch.equal(train.random_shift(x, 0, g), x)
+
+
+def test_learning_rate_schedules():
+    config = {"lr": 0.1, "schedule": "linear"}
+    assert train.learning_rate(config, 0, 100) == pytest.approx(0.1)
+    assert train.learning_rate(config, 50, 100) == pytest.approx(0.05)
+    assert train.learning_rate(dict(config, schedule="constant"), 99, 100) == 0.1
+
+
+# ----------------------------------------------------------------------------- presets
+
+def test_seed_preset_is_the_seed_notebook():
+    args = common.parse_args(train.build_parser(), ["--preset", "seed"])
+    config = train.resolve_config(args)
+    assert config["hidden"] == [512, 128] and config["lr"] == 0.01
+    assert config["batch_size"] == 32 and config["epochs"] == 8
+    assert config["momentum"] == 0 and config["schedule"] == "constant"
+    assert config["weight_decay"] == 0 and config["shift"] == 0
+    assert config["val_size"] == 0  # the seed trained on all 60,000 digits
+    W1 = fwd.init_params([784, *config["hidden"], 10], torch.Generator().manual_seed(0))[0]
+    assert abs(W1.std().item() - (2 / 784) ** 0.5) < 0.002  # He init
+
+
+def test_flags_override_the_preset():
+    args = common.parse_args(train.build_parser(),
+                             ["--preset", "seed", "--lr", "0.5", "--hidden", "32"])
+    config = train.resolve_config(args)
+    assert config["lr"] == 0.5 and config["hidden"] == [32] and config["batch_size"] == 32
+
+
+# ----------------------------------------------------------------------------- bad input
+
+BAD = [
+    (["--lr", "0"], "--lr must be a positive number"),
+    (["--lr", "-1"], "--lr must be a positive number"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--batch-size", "60000"], "--batch-size 60000 is larger than the 55000 training digits"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--hidden", "512", "0"], "--hidden needs widths of at least 1"),
+    (["--preset", "fast"], "unknown preset 'fast'; choose one of: seed, default"),
+    (["--momentum", "1"], "--momentum must be in [0, 1)"),
+    (["--val-size", "60000"], "--val-size must be between 0 and 59999"),
+    (["--schedule", "cosine"], "--schedule must be linear or constant"),
+    (["--resume", "--lr", "0.1"], "--resume continues with the checkpoint's own settings"),
+    (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+    (["--bogus"], "unrecognised arguments: --bogus"),
+]
+
+
+@pytest.mark.parametrize("args, words", BAD)
+def test_bad_arguments_stop_before_any_work(args, words, tmp_path, capsys, monkeypatch):
+    def no_data(*a, **k):
+        raise AssertionError("data was loaded before the arguments were checked")
+
+    monkeypatch.setattr(common, "load_mnist", no_data)
+    assert run(*args, "--out", tmp_path / "out", "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_cuda_asked_for_without_cuda(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run("--device", "cuda", "--out", tmp_path) == 2
+    assert "sees no CUDA GPU; use --device cpu" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [None, b"not a checkpoint", "a foreign torch file"])
+def test_eval_of_a_missing_or_foreign_file(content, tmp_path, capsys):
+    path = tmp_path / "model.pt"
+    if content == "a foreign torch file":
+        torch.save({"weights": [torch.ones(2)]}, path)  # a real torch file, but not ours
+    elif content is not None:
+        path.write_bytes(content)
+    assert run("--eval", path, "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(path) in err and err.count("\n") == 1
+
+
+def test_resume_without_a_checkpoint(tmp_path, capsys):
+    assert run("--resume", "--out", tmp_path, "--device", "cpu") == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- real runs
+
+@pytest.mark.mnist
+def test_a_short_run_learns_and_writes_every_file(mnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(*SMALL, "--out", out) == 0
+    stdout = capsys.readouterr().out
+    assert "epoch  3/3 | loss " in stdout and "| val " in stdout
+    m = metrics(out)
+    assert m["status"] == "finished" and len(m["history"]) == 3
+    first, last = m["history"][0], m["history"][-1]
+    assert last["loss"] < first["loss"] and last["val_loss"] < first["val_loss"]
+    assert last["val_accuracy"] > first["val_accuracy"]
+    assert m["test_accuracy"] > 0.8 and m["config"]["hidden"] == [64, 32]
+    assert {"train_accuracy", "total_seconds", "torch", "device"} <= set(m)
+    result = stdout.strip().splitlines()[-1]
+    assert result.startswith("result: test_accuracy=") and "epochs=3" in result
+    for png in ("curves.png", "predictions.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 3 and [tuple(p.shape) for p in state["params"]] == [
+        (784, 64), (64,), (64, 32), (32,), (32, 10), (10,)]
+    assert run("--eval", out / "checkpoint.pt", "--limit", "2000", "--device", "cpu") == 0
+    evaluated = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"test_accuracy={m['test_accuracy']:.4f}" in evaluated
+
+
+@pytest.mark.mnist
+def test_the_same_seed_gives_the_same_metrics(mnist, tmp_path):
+    for name in ("a", "b"):
+        assert run(*SMALL, "--epochs", "2", "--out", tmp_path / name) == 0
+    a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    for key in ("loss", "val_loss", "val_accuracy"):
+        assert [h[key] for h in a["history"]] == [h[key] for h in b["history"]]
+    assert a["test_accuracy"] == b["test_accuracy"]
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize("step", ["inplace", "pure"])
+def test_resume_reaches_the_same_result_as_an_uninterrupted_run(mnist, tmp_path, monkeypatch,
+                                                                 step):
+    assert run(*SMALL, "--step", step, "--out", tmp_path / "whole") == 0
+    real_save, saves = train.save_checkpoint, []
+
+    def save_then_interrupt(*args):
+        real_save(*args)
+        saves.append(1)
+        if len(saves) == 1:
+            raise KeyboardInterrupt  # Ctrl-C right after the first epoch's checkpoint
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_interrupt)
+    assert run(*SMALL, "--step", step, "--out", tmp_path / "cut") == 130
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert run("--resume", "--out", tmp_path / "cut", "--no-progress", "--device", "cpu") == 0
+    whole = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(a, b) for a, b in zip(whole["params"], cut["params"]))
+    assert metrics(tmp_path / "whole")["test_accuracy"] == metrics(tmp_path / "cut")[
+        "test_accuracy"]
+
+
+@pytest.mark.mnist
+def test_divergence_stops_at_once_and_keeps_the_earlier_checkpoint(mnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(*SMALL, "--epochs", "1", "--out", out) == 0
+    good = (out / "checkpoint.pt").read_bytes()
+    good_metrics = (out / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert run(*SMALL, "--lr", "1000", "--out", out) == 1
+    err = capsys.readouterr().err
+    assert "at epoch 1, step" in err and "try a lower --lr" in err
+    assert err.startswith("error: the loss became")
+    assert (out / "checkpoint.pt").read_bytes() == good
+    assert (out / "metrics.json").read_bytes() == good_metrics
+
+
+@pytest.mark.mnist
+def test_an_interrupted_checkpoint_write_keeps_the_previous_file(mnist, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert run(*SMALL, "--epochs", "1", "--out", out) == 0
+    good = (out / "checkpoint.pt").read_bytes()
+    real_save = torch.save
+
+    def half_written(obj, f):
+        real_save(obj, f)
+        f.truncate(100)  # a torn write...
+        raise KeyboardInterrupt  # ...cut short by Ctrl-C
+
+    monkeypatch.setattr(torch, "save", half_written)
+    assert run(*SMALL, "--out", out) == 130
+    assert (out / "checkpoint.pt").read_bytes() == good
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png",
+                                                     "metrics.json", "predictions.png"]
+
+
+@pytest.mark.mnist
+def test_the_training_path_runs_under_inference_mode(mnist, tmp_path, monkeypatch):
+    seen, real_forward = [], train.mlp_forward
+
+    def watching_forward(params, x):
+        seen.append((torch.is_inference_mode_enabled(), any(p.requires_grad for p in params)))
+        return real_forward(params, x)
+
+    monkeypatch.setattr(train, "mlp_forward", watching_forward)
+    assert run(*SMALL, "--epochs", "1", "--out", tmp_path) == 0
+    assert len(seen) > 30 and set(seen) == {(True, False)}
+
+
+@pytest.mark.mnist
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is a POSIX signal")
+def test_sigterm_leaves_a_complete_checkpoint_and_resume_finishes(mnist, tmp_path):
+    out = tmp_path / "run"
+    args = [*SMALL, "--epochs", "40", "--out", str(out)]  # the last --epochs wins
+    proc = subprocess.Popen([sys.executable, "04_train_mnist.py", *args],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # let it get into a later epoch
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted:" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    state = torch.load(out / "checkpoint.pt", weights_only=True)  # complete, loadable
+    assert 1 <= state["epoch"] < 40
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]

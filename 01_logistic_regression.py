@@ -80,7 +80,7 @@ def linear_decay(lr, step, total_steps):
 
 def sgd_step(params, grads, lr):
     """One step of gradient descent -> new tuple of p - lr * g (params and grads unchanged)."""
-    return tuple(p - lr * g for p, g in zip(params, grads))
+    return tuple(torch.add(p, g, alpha=-lr) for p, g in zip(params, grads))  # p - lr * g, one pass
 
 
 def is_nine(y):

@@ -58,7 +58,10 @@ def linear_backward(dout, x, W, need_dx=True):
 
 def relu_backward(dout, h):
     """h = relu(z); dout (B, H), h (B, H) -> dz (B, H): the gradient passes where h > 0."""
-    return dout * (h > 0)  # relu'(z) is 1 where z > 0, else 0; and z > 0 exactly where h > 0
+    # relu'(z) is 1 where z > 0 and 0 elsewhere, and z > 0 exactly where h > 0. As h >= 0,
+    # h.sign() is that mask already in floats: the same numbers as dout * (h > 0), several
+    # times faster on a CPU, where the comparison builds a bool tensor that is then converted.
+    return dout * h.sign()
 
 
 def mlp_backward_from(params, cache, dlogits):

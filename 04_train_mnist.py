@@ -67,8 +67,8 @@ def momentum_step(params, velocity, grads, lr, momentum):
     The velocity is a running sum of past gradients, decaying by `momentum` each step: steps
     grow along directions where the gradients agree and cancel where they zig-zag.
     """
-    velocity = tuple(momentum * v + g for v, g in zip(velocity, grads))
-    params = tuple(p - lr * v for p, v in zip(params, velocity))
+    velocity = tuple(torch.add(g, v, alpha=momentum) for v, g in zip(velocity, grads))  # one pass
+    params = tuple(torch.add(p, v, alpha=-lr) for p, v in zip(params, velocity))
     return params, velocity
 
 
@@ -132,7 +132,7 @@ def train_step_(params, velocity, x, y, lr, momentum, weight_decay=0.0):
             W.addmm_(h.T, d, beta=1 - lr * weight_decay, alpha=-lr)  # W -= lr (h.T @ d + wd W)
             b.sub_(d.sum(dim=0), alpha=lr)
         if i > 0:
-            d = dx.mul_(h > 0)  # (B, in): relu_backward, in place on dx, which nobody else holds
+            d = dx.mul_(h.sign())  # (B, in): relu_backward, in place on dx (nobody else has it)
     return loss
 
 

@@ -20,6 +20,7 @@ Run:
 import argparse
 import math
 import sys
+import textwrap
 
 import torch
 
@@ -148,11 +149,12 @@ def main(argv=None):
     chance = math.log(n_classes)
     print(f"cache: {' '.join('x'.join(map(str, t.shape)) for t in cache)}")
     print(f"loss of the untrained network on {len(y)} test digits: {loss:.4f}")
-    print(f"ln {n_classes} = {chance:.4f}: an untrained network has no reason to prefer any "
-          f"class, so each gets about 1/{n_classes} of the probability and the loss is about "
-          f"-ln(1/{n_classes}). It lands a little above: the random logits are not all equal, "
-          "and the loss, log(sum exp(logits)) - logit[y], grows with their spread (the log-sum-"
-          "exp does, the true class's logit does not on average).")
+    print(textwrap.fill(
+        f"ln {n_classes} = {chance:.4f}: an untrained network has no reason to prefer any class, "
+        f"so each gets about 1/{n_classes} of the probability and the loss is about "
+        f"-ln(1/{n_classes}). It lands a little above: the random logits are not all equal, and "
+        "the loss, log(sum exp(logits)) - logit[y], grows with their spread (the log-sum-exp "
+        "does; the true class's logit, on average, does not).", width=92))
     print(f"probability rows sum to 1: largest |sum - 1| = {row_error:.2e}")
     ok = math.isfinite(loss) and abs(loss - chance) < 1.0 and row_error < 1e-5
     print(common.result_line(params=n_params, initial_loss=loss, ln_classes=chance,

@@ -291,7 +291,7 @@ def save_figure(path, fig):
     """Save a matplotlib figure as PNG, atomically, then free it."""
     import matplotlib.pyplot as plt
 
-    common.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    common.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
     plt.close(fig)
 
 

@@ -79,6 +79,9 @@ def atomic_write(path, write):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp makes 0600 files: give the usual
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import os
 import pickle
 import struct
 import zipfile
@@ -231,6 +232,12 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
     common.atomic_write(target, lambda f: f.write(b"new"))
     assert target.read_bytes() == b"new"
+    umask = os.umask(0o022)
+    try:
+        common.atomic_write(tmp_path / "fresh.bin", lambda f: f.write(b"x"))
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "fresh.bin").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
 
 
 def test_idx_bytes_round_trips_through_read_idx(tmp_path):

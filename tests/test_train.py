@@ -66,17 +66,6 @@ def test_update_functions_are_pure():
     assert isinstance(new_p2, tuple) and len(new_v2) == len(params) and loss.dim() == 0
 
 
-def test_momentum_step_in_place_equals_the_pure_one():
-    params, _, _ = random_problem()
-    velocity = tuple(torch.randn_like(p) for p in params)
-    grads = tuple(torch.randn_like(p) for p in params)
-    expected = train.momentum_step(params, velocity, grads, 0.05, 0.8)
-    params_, velocity_ = [p.clone() for p in params], [v.clone() for v in velocity]
-    assert train.momentum_step_(params_, velocity_, grads, 0.05, 0.8) is None
-    for a, b in zip((*expected[0], *expected[1]), (*params_, *velocity_)):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-
-
 @pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.9, 5e-3),
                                                     (0.0, 5e-3)])
 def test_fused_in_place_step_equals_the_pure_step(momentum, weight_decay):
@@ -194,6 +183,13 @@ def test_eval_of_a_missing_or_foreign_file(content, tmp_path, capsys):
     assert run("--eval", path, "--device", "cpu") == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(path) in err and err.count("\n") == 1
+
+
+def test_an_output_path_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("keep me")
+    assert run("--out", tmp_path / "notes.txt", "--device", "cpu") == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
 def test_resume_without_a_checkpoint(tmp_path, capsys):

@@ -131,7 +131,7 @@ def main(argv=None):
         raise ValueError("--epochs and --batch-size must be at least 1 and --lr positive, got "
                          f"{args.epochs}, {args.batch_size} and {args.lr}.")
     device = common.pick_device(args.device)
-    X_train, y_train, X_test, y_test = common.load_mnist_for_run(args, device)
+    X_train, y_train, X_test, y_test = common.load_mnist_limited(device, args.limit)
     t_train, t_test = is_nine(y_train), is_nine(y_test)  # (N, 1) targets: 1 for a 9
     print(f"9 versus not-9: {len(X_train):,} training digits ({t_train.mean().item():.2%} nines), "
           f"{len(X_test):,} test digits, on {device}")

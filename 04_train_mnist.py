@@ -187,18 +187,11 @@ def build_parser():
                         help="continue from the checkpoint in the output folder")
     parser.add_argument("--eval", type=Path, metavar="CHECKPOINT",
                         help="report the test accuracy of a checkpoint, train nothing")
-    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--limit", type=int, metavar="N",
-                        help="use only the first N training and N test digits (quick checks)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser
+    return common.add_run_args(parser, seed=None)  # --seed None: the preset's seed
 
 
 def resolve_config(args):
-    """The preset, overridden by every flag given -> config dict; ValueError on a bad value."""
-    if args.preset not in PRESETS:
-        raise ValueError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}.")
+    """The preset (already checked to exist), overridden by every flag given -> config dict."""
     config = dict(PRESETS[args.preset], seed=0, limit=None, step="inplace", preset=args.preset)
     config.update({k: getattr(args, k) for k in HYPERPARAMETERS if getattr(args, k) is not None})
     check_config(config)
@@ -396,9 +389,7 @@ def describe_config(config):
 def run_eval(path, device, limit):
     """--eval: the test accuracy of a saved checkpoint."""
     state = load_checkpoint(path)
-    X_test, y_test = common.load_mnist(device=device)[2:]
-    if limit is not None:
-        X_test, y_test = X_test[:limit], y_test[:limit]
+    X_test, y_test = common.load_mnist_limited(device, limit)[2:]
     with torch.inference_mode():
         params = tuple(p.to(device) for p in state["params"])
         loss, acc = evaluate(params, X_test, y_test)
@@ -411,23 +402,19 @@ def run_eval(path, device, limit):
 def prepare(args):
     """Everything that can fail on bad input, before any work -> (config, device, out, state)."""
     device = common.pick_device(args.device)
-    if args.resume:
-        given = [k for k in HYPERPARAMETERS if getattr(args, k) is not None]
-        if given:
-            flags = ", ".join("--" + k.replace("_", "-") for k in given)
-            raise ValueError("--resume continues with the checkpoint's own settings; "
-                             f"drop {flags}.")
-        if args.preset not in PRESETS:
-            raise ValueError(f"unknown preset {args.preset!r}; choose one of: "
-                             f"{', '.join(PRESETS)}.")
-        out = args.out or Path(__file__).resolve().parent / "runs" / args.preset
-        state = load_checkpoint(out / "checkpoint.pt")
-        return state["config"], device, out, state
-    config = resolve_config(args)
+    if args.preset not in PRESETS:
+        raise ValueError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}.")
     out = args.out or Path(__file__).resolve().parent / "runs" / args.preset
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; give a folder for the run.")
-    return config, device, out, None
+    if not args.resume:
+        return resolve_config(args), device, out, None
+    given = [k for k in HYPERPARAMETERS if getattr(args, k) is not None]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ValueError(f"--resume continues with the checkpoint's own settings; drop {flags}.")
+    state = load_checkpoint(out / "checkpoint.pt")
+    return state["config"], device, out, state
 
 
 def metrics_record(config, device, history, status, started, final=None):
@@ -448,10 +435,7 @@ def metrics_record(config, device, history, status, started, final=None):
 
 def train(config, device, out, state, progress, started):
     """The training run -> exit status. Files in out/ change only after a finished epoch."""
-    X_all, y_all, X_test, y_test = common.load_mnist(device=device)
-    if config["limit"] is not None:
-        n = config["limit"]
-        X_all, y_all, X_test, y_test = X_all[:n], y_all[:n], X_test[:n], y_test[:n]
+    X_all, y_all, X_test, y_test = common.load_mnist_limited(device, config["limit"])
     generator = common.make_generator(config["seed"])
     X_train, y_train, X_val, y_val = common.train_val_split(X_all, y_all, config["val_size"],
                                                             generator)

@@ -387,13 +387,10 @@ def show_progress(no_progress, stream=sys.stderr):
     return not no_progress and stream.isatty()
 
 
-def load_mnist_for_run(args, device):
-    """load_mnist on device, cut to the first args.limit training and test digits if given."""
-    X_train, y_train, X_test, y_test = load_mnist(device=device)
-    if args.limit is not None:
-        n = args.limit
-        X_train, y_train, X_test, y_test = X_train[:n], y_train[:n], X_test[:n], y_test[:n]
-    return X_train, y_train, X_test, y_test
+def load_mnist_limited(device, limit=None):
+    """load_mnist on device, cut to the first `limit` training and test digits if given."""
+    data = load_mnist(device=device)
+    return data if limit is None else tuple(t[:limit] for t in data)
 
 
 def result_line(**values):

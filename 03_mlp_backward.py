@@ -47,33 +47,47 @@ def softmax_cross_entropy_backward(logits, y):
     return dlogits / B  # the 1/B of the mean
 
 
-def linear_backward(dout, x, W, need_dx=True):
-    """out = x @ W + b; dout (B, O), x (B, I), W (I, O) -> dx (B, I) or None, dW (I, O), db (O,)."""
-    # out[b, o] = sum_i x[b, i] W[i, o] + b[o], so each weight collects over the batch:
-    dW = x.T @ dout  # (I, O): dW[i, o] = sum_b x[b, i] dout[b, o]
-    db = dout.sum(dim=0)  # (O,): b is added to every row, so its gradient sums over the rows
-    dx = dout @ W.T if need_dx else None  # (B, I): dx[b, i] = sum_o dout[b, o] W[i, o]
-    return dx, dW, db
+def linear_backward(dz, h, W, need_dh=True):
+    """Z = H W + b; dz (B, O), h (B, I), W (I, O) -> dh (B, I) or None, dW (I, O), db (O,).
+
+    dz is delta = dL/dZ for this layer's output, h its input H_{l-1}. Shape check: each
+    gradient has the shape of what it differentiates (dW like W, dh like h).
+    Needs: torch (tensor methods only)
+    """
+    # Z[b, o] = sum_i H[b, i] W[i, o] + b[o], so each weight collects over the batch:
+    dW = h.T @ dz  # (I, O): dW[i, o] = sum_b H[b, i] dz[b, o]
+    db = dz.sum(dim=0)  # (O,): b is added to every row, so its gradient sums over the rows
+    dh = dz @ W.T if need_dh else None  # (B, I): dh[b, i] = sum_o dz[b, o] W[i, o]
+    return dh, dW, db
 
 
-def relu_backward(dout, h):
-    """h = relu(z); dout (B, H), h (B, H) -> dz (B, H): the gradient passes where h > 0."""
+def relu_backward(dh, h):
+    """H = relu(Z); dh (B, H) = dL/dH, h (B, H) -> dz (B, H) = dL/dZ: passes where h > 0.
+
+    Needs: torch (tensor methods only)
+    """
     # relu'(z) is 1 where z > 0 and 0 elsewhere, and z > 0 exactly where h > 0. As h >= 0,
-    # h.sign() is that mask already in floats: the same numbers as dout * (h > 0), several
+    # h.sign() is that mask already in floats: the same numbers as dh * (h > 0), several
     # times faster on a CPU, where the comparison builds a bool tensor that is then converted.
-    return dout * h.sign()
+    return dh * h.sign()
 
 
 def mlp_backward_from(params, cache, dlogits):
-    """Carry dlogits (B, C) back through the layers -> (dW1, db1, ..., dWn, dbn)."""
+    """Carry dlogits = delta_n (B, C) back through the layers -> (dW1, db1, ..., dWn, dbn).
+
+    cache = (H_0, H_1, ..., H_{n-1}, Z_n) as mlp_forward returns it: every layer's input,
+    then the logits (not read here).
+    Needs: linear_backward, relu_backward
+    """
     grads = [None] * len(params)
-    d = dlogits  # (B, out) of the layer we are at
+    dz = dlogits  # delta of the layer we are at: (B, out)
     for i in range(len(params) // 2 - 1, -1, -1):
-        x = cache[i]  # the input of layer i: the data, or the ReLU output of layer i - 1
-        dx, grads[2 * i], grads[2 * i + 1] = linear_backward(d, x, params[2 * i], need_dx=i > 0)
+        h = cache[i]  # the input of layer i + 1: the data X, or the ReLU output H_i
+        dh, grads[2 * i], grads[2 * i + 1] = linear_backward(dz, h, params[2 * i],
+                                                             need_dh=i > 0)
         if i > 0:
-            d = relu_backward(dx, x)  # (B, in): through the ReLU that made x
-    # The first layer's dx would be the gradient for the pixels: nobody needs it, and
+            dz = relu_backward(dh, h)  # (B, in): through the ReLU that made h
+    # The first layer's dh would be the gradient for the pixels: nobody needs it, and
     # skipping it saves the largest matmul of the backward pass (784 x 512 per example).
     return tuple(grads)
 
@@ -94,7 +108,7 @@ def softmax_jacobian(probs):
     return torch.diag_embed(probs) - probs.unsqueeze(2) * probs.unsqueeze(1)  # (B, C, C)
 
 
-def seed_softmax_cross_entropy_backward(logits, y):
+def notebook_softmax_cross_entropy_backward(logits, y):
     """The seed's road to dlogits (B, C): dL/dprobs, then the full softmax Jacobian.
 
     Same answer as softmax_cross_entropy_backward, with a (B, C, C) tensor on the way, and
@@ -109,9 +123,9 @@ def seed_softmax_cross_entropy_backward(logits, y):
     return (softmax_jacobian(probs) @ dprobs.unsqueeze(2)).squeeze(2)  # (B, C); J is symmetric
 
 
-def seed_mlp_backward(params, cache, y):
+def notebook_mlp_backward(params, cache, y):
     """mlp_backward with the seed's Jacobian road to dlogits."""
-    return mlp_backward_from(params, cache, seed_softmax_cross_entropy_backward(cache[-1], y))
+    return mlp_backward_from(params, cache, notebook_softmax_cross_entropy_backward(cache[-1], y))
 
 
 # ----------------------------------------------------------------------------- gradient check
@@ -219,7 +233,7 @@ def main(argv=None):
         logits = 3 * torch.randn(64, 10, generator=generator, dtype=torch.float64).to(device)
         y = torch.randint(0, 10, (64,), generator=generator).to(device)
         jac_diff = (softmax_cross_entropy_backward(logits, y)
-                    - seed_softmax_cross_entropy_backward(logits, y)).abs().max().item()
+                    - notebook_softmax_cross_entropy_backward(logits, y)).abs().max().item()
         jac_ok = jac_diff < 1e-12
         print(f"   same dlogits in float64: largest |difference| {jac_diff:.1e} "
               f"({'ok' if jac_ok else 'FAIL'})")
@@ -234,9 +248,9 @@ def main(argv=None):
             y = torch.randint(0, 10, (B,), generator=generator).to(device)
             logits, cache = mlp_forward(params, x)
             t = [median_seconds(lambda f=f, z=logits, y=y: f(z, y), device, args.repeats)
-                 for f in (softmax_cross_entropy_backward, seed_softmax_cross_entropy_backward)]
+                 for f in (softmax_cross_entropy_backward, notebook_softmax_cross_entropy_backward)]
             u = [median_seconds(lambda f=f, c=cache, y=y: f(params, c, y), device, args.repeats)
-                 for f in (mlp_backward, seed_mlp_backward)]
+                 for f in (mlp_backward, notebook_mlp_backward)]
             slowdown[B] = u[1] / u[0]
             print(f"   {B:>7}  {t[0] * 1e6:>11.0f} us{t[1] * 1e6:>7.0f} us{t[1] / t[0]:>7.1f}x"
                   f"  {u[0] * 1e6:>12.0f} us{u[1] * 1e6:>7.0f} us{u[1] / u[0]:>7.2f}x")

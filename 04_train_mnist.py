@@ -7,7 +7,7 @@ training digits, are scored after every epoch; the test digits are scored once, 
 and choose nothing.
 
     python 04_train_mnist.py                   # default: momentum, decaying lr, ~98.8 % test
-    python 04_train_mnist.py --preset seed     # the seed notebook's recipe: plain SGD, ~96.5 %
+    python 04_train_mnist.py --preset notebook # the notebook's recipe: plain SGD, ~96.5 %
     python 04_train_mnist.py --lr 0.05 --epochs 5 --hidden 256 --device cuda
     python 04_train_mnist.py --resume          # continue runs/default/ after an interruption
     python 04_train_mnist.py --eval runs/default/checkpoint.pt
@@ -41,9 +41,9 @@ mlp_backward, softmax_cross_entropy_backward = (backward.mlp_backward,
                                                 backward.softmax_cross_entropy_backward)
 
 PRESETS = {
-    # The seed notebook: He init, plain SGD at a constant lr 0.01, batch 32, 8 epochs, trained
+    # The notebook: He init, plain SGD at a constant lr 0.01, batch 32, 8 epochs, trained
     # on all 60,000 digits (it had no validation set; its "validation" was the test set).
-    "seed": {"hidden": [512, 128], "epochs": 8, "batch_size": 32, "lr": 0.01, "momentum": 0.0,
+    "notebook": {"hidden": [512, 128], "epochs": 8, "batch_size": 32, "lr": 0.01, "momentum": 0.0,
              "weight_decay": 0.0, "shift": 0, "schedule": "constant", "val_size": 0},
     # This repository's default: the same network, SGD with momentum 0.9, a learning rate
     # falling linearly to 0, batches of 128, each digit shifted by up to 1 pixel at random;
@@ -145,7 +145,7 @@ def random_shift(x, max_shift, generator):
 
 
 def learning_rate(config, step, total_steps):
-    """The lr at this step: constant (the seed) or lesson 01's linear decay to 0."""
+    """The lr at this step: constant (the notebook) or lesson 01's linear decay to 0."""
     if config["schedule"] == "constant":
         return config["lr"]
     return linear_decay(config["lr"], step, total_steps)
@@ -171,7 +171,7 @@ def evaluate(params, X, y):
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="default", help="default or seed")
+    parser.add_argument("--preset", default="default", help="default or notebook")
     parser.add_argument("--hidden", type=int, nargs="+", help="hidden widths, e.g. 512 128")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)

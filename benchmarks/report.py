@@ -69,20 +69,20 @@ def device_table(device, runs, machine):
     lines = [f"**{device}**: {name}, {some['threads']} threads, torch {some['torch']}; "
              f"float32 matmul peak {peak:.0f} GFLOP/s "
              f"({some.get('peak_matmul_n')}x{some.get('peak_matmul_n')} matmul)", "",
-             "| batch | operation | manual | autograd | seed | manual / autograd | "
-             "manual / seed | GFLOP/s | % of peak |",
+             "| batch | operation | manual | autograd | notebook | manual / autograd | "
+             "manual / notebook | GFLOP/s | % of peak |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for batch in sorted({k[2] for k in mine}):
         for op, impl, label in ROWS:
             ours = mine.get((op, impl, batch))
             if ours is None:
                 continue
-            theirs, seed = mine.get((op, "autograd", batch)), mine.get((op, "seed", batch))
+            theirs, nb = mine.get((op, "autograd", batch)), mine.get((op, "notebook", batch))
             lines.append(
                 f"| {batch} | {label} | {fmt_time(ours['seconds'])} | "
                 f"{fmt_time(theirs['seconds']) if theirs else '-'} | "
-                f"{fmt_time(seed['seconds']) if seed else '-'} | {ratio(ours, theirs)} | "
-                f"{ratio(ours, seed)} | {ours['gflops']:.0f} | {ours['pct_of_peak']:.0f} % |")
+                f"{fmt_time(nb['seconds']) if nb else '-'} | {ratio(ours, theirs)} | "
+                f"{ratio(ours, nb)} | {ours['gflops']:.0f} | {ours['pct_of_peak']:.0f} % |")
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""How fast is the hand-written MLP? Forward, backward and one training step of the seed's
+"""How fast is the hand-written MLP? Forward, backward and one training step of the notebook's
 784-512-128-10 network, by batch size and device, beside what a user would pick instead.
 
 Implementations, on identical inputs already on the device:
@@ -6,9 +6,9 @@ Implementations, on identical inputs already on the device:
     inplace   (step only) lesson 04's train_step_: each gradient fused into its update
     autograd  the same network as torch.nn.Linear/ReLU layers, F.cross_entropy,
               loss.backward() and torch.optim.SGD
-    seed      the seed notebook's route: the loss from the probabilities and the backward
+    notebook  the notebook's route: the loss from the probabilities and the backward
               pass through the full (B, C, C) softmax Jacobian (lesson 03)
-The step is plain SGD at lr 0.01, the seed's optimizer.
+The step is plain SGD at lr 0.01, the notebook's optimizer.
 
 FLOPs credited to every implementation alike (a multiply-add is 2; elementwise work is
 not counted, so extra work shows up as lower GFLOP/s):
@@ -81,8 +81,8 @@ def torch_order(model):
     return tuple(p.T if p.dim() == 2 else p for p in model.parameters())
 
 
-def seed_loss(logits, y):
-    """The seed's loss: probabilities first, then the mean of -log p[y]."""
+def notebook_loss(logits, y):
+    """The notebook's loss: probabilities first, then the mean of -log p[y]."""
     probs = forward.softmax(logits)  # (B, C)
     return -probs[torch.arange(len(y), device=y.device), y].log().mean()
 
@@ -102,9 +102,9 @@ def forward_manual(params, x, y):
     return fn, lambda: (fn(),)
 
 
-def forward_seed(params, x, y):
+def forward_notebook(params, x, y):
     def fn():
-        return seed_loss(forward.mlp_forward(params, x)[0], y)
+        return notebook_loss(forward.mlp_forward(params, x)[0], y)
     return fn, lambda: (fn(),)
 
 
@@ -124,8 +124,8 @@ def backward_manual(params, x, y, route=backward.mlp_backward):
     return fn, fn
 
 
-def backward_seed(params, x, y):
-    return backward_manual(params, x, y, route=backward.seed_mlp_backward)
+def backward_notebook(params, x, y):
+    return backward_manual(params, x, y, route=backward.notebook_mlp_backward)
 
 
 def backward_autograd(params, x, y):
@@ -167,13 +167,13 @@ def step_inplace(params, x, y, lr=LR):
     return fn, result
 
 
-def step_seed(params, x, y, lr=LR):
+def step_notebook(params, x, y, lr=LR):
     state = [params]
 
     def one(ps):
         logits, cache = forward.mlp_forward(ps, x)
-        seed_loss(logits, y)
-        return training.sgd_step(ps, backward.seed_mlp_backward(ps, cache, y), lr)
+        notebook_loss(logits, y)
+        return training.sgd_step(ps, backward.notebook_mlp_backward(ps, cache, y), lr)
 
     def fn():
         state[0] = one(state[0])
@@ -200,11 +200,12 @@ def step_autograd(params, x, y, lr=LR):
 
 
 IMPLEMENTATIONS = {
-    "forward": {"manual": forward_manual, "autograd": forward_autograd, "seed": forward_seed},
+    "forward": {"manual": forward_manual, "autograd": forward_autograd,
+                "notebook": forward_notebook},
     "backward": {"manual": backward_manual, "autograd": backward_autograd,
-                 "seed": backward_seed},
+                 "notebook": backward_notebook},
     "step": {"manual": step_manual, "inplace": step_inplace, "autograd": step_autograd,
-             "seed": step_seed},
+             "notebook": step_notebook},
 }
 # One group (operation, batch) at a time, its implementations one after the other, so that
 # the machine's slow drifts touch the implementations being compared alike.

@@ -58,7 +58,7 @@ def test_linear_backward_matches_autograd(B, I, O, dtype, tol):
     for mine, theirs in zip(ours, ref):
         assert mine.shape == theirs.shape
         assert rel_error(mine, theirs) < tol
-    assert bwd.linear_backward(dout, x, W, need_dx=False)[0] is None
+    assert bwd.linear_backward(dout, x, W, need_dh=False)[0] is None
 
 
 @pytest.mark.parametrize("B, H", [(1, 1), (1, 7), (6, 5), (32, 512)])
@@ -78,7 +78,7 @@ def test_softmax_cross_entropy_backward_matches_autograd(B, C, dtype, tol):
     y = torch.randint(0, C, (B,), generator=g)
     (ref,) = autograd_grads(lambda z: fwd.cross_entropy(z, y), logits)
     assert rel_error(bwd.softmax_cross_entropy_backward(logits, y), ref) < tol
-    assert rel_error(bwd.seed_softmax_cross_entropy_backward(logits, y), ref) < tol
+    assert rel_error(bwd.notebook_softmax_cross_entropy_backward(logits, y), ref) < tol
 
 
 @pytest.mark.parametrize("B, C", [(1, 3), (4, 10)])
@@ -116,7 +116,7 @@ def test_mlp_backward_matches_autograd(depth, B, dtype, tol):
     for mine, theirs, p in zip(ours, ref, params):
         assert mine.shape == p.shape and mine.dtype == p.dtype
         assert rel_error(mine, theirs) < tol
-    for mine, seed in zip(ours, bwd.seed_mlp_backward(params, cache, y)):
+    for mine, seed in zip(ours, bwd.notebook_mlp_backward(params, cache, y)):
         assert rel_error(seed, mine) < tol
 
 
@@ -181,10 +181,10 @@ def test_extreme_and_equal_logits_stay_finite(dtype):
     assert rel_error(dlogits, ref) < F64
 
 
-def test_the_seed_jacobian_route_breaks_where_ours_does_not():
+def test_the_notebook_jacobian_route_breaks_where_ours_does_not():
     logits, y = EXTREME[:2], torch.tensor([1, 0])  # p[y] underflows to 0 on both rows
     assert torch.isfinite(bwd.softmax_cross_entropy_backward(logits, y)).all()
-    assert not torch.isfinite(bwd.seed_softmax_cross_entropy_backward(logits, y)).all()
+    assert not torch.isfinite(bwd.notebook_softmax_cross_entropy_backward(logits, y)).all()
 
 
 def test_mlp_gradients_stay_finite_for_huge_inputs():

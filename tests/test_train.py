@@ -117,21 +117,21 @@ def test_learning_rate_schedules():
 
 # ----------------------------------------------------------------------------- presets
 
-def test_seed_preset_is_the_seed_notebook():
-    args = common.parse_args(train.build_parser(), ["--preset", "seed"])
+def test_notebook_preset_is_the_notebook():
+    args = common.parse_args(train.build_parser(), ["--preset", "notebook"])
     config = train.resolve_config(args)
     assert config["hidden"] == [512, 128] and config["lr"] == 0.01
     assert config["batch_size"] == 32 and config["epochs"] == 8
     assert config["momentum"] == 0 and config["schedule"] == "constant"
     assert config["weight_decay"] == 0 and config["shift"] == 0
-    assert config["val_size"] == 0  # the seed trained on all 60,000 digits
+    assert config["val_size"] == 0  # the notebook trained on all 60,000 digits
     W1 = fwd.init_params([784, *config["hidden"], 10], torch.Generator().manual_seed(0))[0]
     assert abs(W1.std().item() - (2 / 784) ** 0.5) < 0.002  # He init
 
 
 def test_flags_override_the_preset():
     args = common.parse_args(train.build_parser(),
-                             ["--preset", "seed", "--lr", "0.5", "--hidden", "32"])
+                             ["--preset", "notebook", "--lr", "0.5", "--hidden", "32"])
     config = train.resolve_config(args)
     assert config["lr"] == 0.5 and config["hidden"] == [32] and config["batch_size"] == 32
 
@@ -145,7 +145,7 @@ BAD = [
     (["--batch-size", "60000"], "--batch-size 60000 is larger than the 55000 training digits"),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--hidden", "512", "0"], "--hidden needs widths of at least 1"),
-    (["--preset", "fast"], "unknown preset 'fast'; choose one of: seed, default"),
+    (["--preset", "fast"], "unknown preset 'fast'; choose one of: notebook, default"),
     (["--momentum", "1"], "--momentum must be in [0, 1)"),
     (["--val-size", "60000"], "--val-size must be between 0 and 59999"),
     (["--schedule", "cosine"], "--schedule must be linear or constant"),

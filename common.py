@@ -532,14 +532,19 @@ def load_mnist(root=None, device="cpu", sources=MNIST_SOURCES, expected_sha256=M
 
     Needs: mnist_raw_dir, lock_folder, clean_leftovers, fetch_mnist, verify_files,
     verification_wanted, read_idx, check_mnist_counts, MNIST_SOURCES, MNIST_SHA256,
-    MNIST_SIDE, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, contextlib, torch
+    MNIST_SIDE, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, LOCK_NAME, contextlib, sys, torch
     """
     raw_dir = mnist_raw_dir(root)
     verify = expected_sha256 is not None and verification_wanted(verify)
     missing = [name for name in MNIST_SHA256 if not (raw_dir / name).is_file()]
     try:
         raw_dir.mkdir(parents=True, exist_ok=True)
-        lock = lock_folder(raw_dir.parent, wait=True)
+        try:
+            lock = lock_folder(raw_dir.parent)
+        except ValueError:  # another load is fetching or checking the files: wait for it
+            print(f"MNIST: waiting for another process that holds {raw_dir.parent / LOCK_NAME}",
+                  file=sys.stderr)
+            lock = lock_folder(raw_dir.parent, wait=True)
     except OSError:
         if missing:
             raise

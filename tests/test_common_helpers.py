@@ -87,6 +87,7 @@ def test_split_rejects_a_validation_set_as_large_as_the_data():
 
 def test_pick_device_without_cuda_says_what_to_do(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(common, "mps_available", lambda: False)  # auto would pick a Mac's MPS
     with pytest.raises(ValueError) as err:
         common.pick_device("cuda")
     assert "sees no CUDA GPU" in str(err.value) and "--device cpu" in str(err.value)
@@ -126,3 +127,10 @@ def test_show_progress_needs_a_terminal():
 def test_add_run_args_defaults():
     args = common.add_run_args(argparse.ArgumentParser(), seed=3).parse_args([])
     assert (args.device, args.seed, args.limit, args.no_progress) == ("auto", 3, None, False)
+
+
+def test_add_run_args_types_refuse_a_bad_seed_and_limit_naming_the_flag():
+    parser = common.add_run_args(argparse.ArgumentParser(exit_on_error=False))
+    for argv, flag in ((["--seed", "-1"], "--seed"), (["--limit", "0"], "--limit")):
+        with pytest.raises(ValueError, match=f"^argument {flag}: must be a whole number"):
+            common.parse_args(parser, argv)

@@ -390,7 +390,7 @@ def hold_lock(folder, *extra):
 
 
 @pytest.mark.skipif(not POSIX, reason="the other process is driven with POSIX signals")
-def test_a_concurrent_load_waits_and_never_removes_a_live_fetch_folder(tmp_path):
+def test_a_concurrent_load_waits_and_never_removes_a_live_fetch_folder(tmp_path, capfd):
     from test_data import write_tiny_mnist
 
     write_tiny_mnist(tmp_path / "MNIST" / "raw")
@@ -409,6 +409,8 @@ def test_a_concurrent_load_waits_and_never_removes_a_live_fetch_folder(tmp_path)
     loader.join(timeout=30)
     assert done and done[0][0].shape == (6, 784)
     assert not (tmp_path / "MNIST" / ".fetch-l1vel1ve").exists()
+    lock = tmp_path / "MNIST" / ".lock"
+    assert capfd.readouterr().err == f"MNIST: waiting for another process that holds {lock}\n"
 
 
 # ----------------------------------------------------------------------------- 5. lock_folder

@@ -316,7 +316,8 @@ def declared_needs(node):
     lines = doc.splitlines()
     starts = [i for i, line in enumerate(lines) if line.strip().startswith("Needs:")]
     if not starts:
-        return None, ["its docstring has no `Needs:` line"]
+        inline = " (`Needs:` must start a line of its own)" if "Needs:" in doc else ""
+        return None, [f"its docstring has no `Needs:` line{inline}"]
     problems = ["its docstring has more than one `Needs:` line"] if len(starts) > 1 else []
     i = starts[0]
     text = lines[i].strip()[len("Needs:"):]
@@ -594,11 +595,6 @@ EXAMPLES = {
     "04:pyplot": lambda: ((), {}),
     "04:save_figure": lambda tmp: ((tmp / "f.png", lesson("04").pyplot().figure(figsize=(1, 1))),
                                    {}),
-    "04:plot_curves": lambda tmp: ((history(), tmp / "curves.png", "a title"), {}),
-    "04:plot_predictions": lambda tmp: ((randn(3, 16, dtype=torch.float32).sigmoid(),
-                                         torch.tensor([1, 2, 3]), torch.tensor([1, 0, 3]),
-                                         tmp / "predictions.png", "a title"),
-                                        {"n_first": 2, "n_mistakes": 1}),
     "04:train_epoch": lambda: ((P((16, 6, 3), dtype=torch.float32),
                                 P((16, 6, 3), seed=2, dtype=torch.float32),
                                 randn(20, 16, dtype=torch.float32), labels(20, 3),
@@ -651,6 +647,10 @@ SKIP = {
     "04:main": "runs a whole lesson: tests/test_lessons_run.py covers it",
     "04:train": "trains on the real MNIST files: tests/test_train.py covers it",
     "04:run_eval": "reads the real MNIST test set: tests/test_train.py covers it",
+    "04:plot_curves": "only draws a picture, seconds of matplotlib layout; the pyplot and "
+                      "save_figure it calls are copied and run",
+    "04:plot_predictions": "only draws a picture, seconds of matplotlib layout; the pyplot and "
+                           "save_figure it calls are copied and run",
 }
 # common.py's MNIST file and network layer gets the Needs check only (issue 9, point 3).
 COMMON_FILES_AND_NETWORK = {

@@ -1,4 +1,5 @@
-"""benchmarks/report.py turns a saved pytest-benchmark run into tables with the right ratios."""
+"""benchmarks/report.py turns a saved pytest-benchmark run (and ratios.py's file) into tables
+with the right ratios and "% of peak", and draws the pictures. Nothing here times anything."""
 
 import importlib.util
 import json
@@ -6,38 +7,147 @@ from pathlib import Path
 
 import pytest
 
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
-def load_report():
-    """Import benchmarks/report.py by its path (benchmarks/ is not a package)."""
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "report.py"
-    spec = importlib.util.spec_from_file_location("report", path)
+
+def load(name):
+    """Import benchmarks/<name>.py by its path (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def bench(op, impl, batch, seconds, device="cpu"):
+def load_report():
+    return load("report")
+
+
+def bench(op, impl, batch, seconds, device="cpu", width=512, **extra):
+    sizes = [784, width, 128, 10]
+    flops = 2 * batch * 1_001_344
     info = {"op": op, "impl": impl, "batch": batch, "device": device, "device_name": "cpu",
-            "threads": 2, "torch": "2.14.1", "peak_gflops": 100.0, "peak_matmul_n": 2048,
-            "gflops": 1e-3 / seconds, "pct_of_peak": 50.0}
+            "threads": 2, "torch": "2.14.1", "peak_gflops": 400.0, "peak_backend": "numpy",
+            "peak_matmul_n": 2048, "torch_matmul_gflops": 200.0,
+            "peak_backends": {"torch": 200.0, "numpy": 400.0, "jax": None},
+            "flops": flops, "sizes": sizes, "params_count": 1000 * width,
+            "gflops": flops / seconds / 1e9, "pct_of_peak": 100 * flops / seconds / 1e9 / 400}
+    info.update(extra)
     return {"extra_info": info, "stats": {"min": seconds, "median": seconds * 1.1}}
+
+
+def write_run(tmp_path, runs):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"machine_info": {"cpu": {"brand_raw": "Test CPU"}},
+                                "benchmarks": runs}))
+    return path
+
+
+def rows_of(text, batch=32):
+    return {line.split("|")[2].strip(): line for line in text.splitlines()
+            if line.startswith(f"| {batch} ") and line.count("|") > 8}
 
 
 def test_report_tables_hold_the_time_ratios(tmp_path):
     runs = [bench("step", "manual", 32, 0.8e-3), bench("step", "inplace", 32, 0.6e-3),
             bench("step", "autograd", 32, 1.0e-3), bench("step", "notebook", 32, 1.2e-3),
             bench("forward", "manual", 32, 2e-4), bench("forward", "autograd", 32, 4e-4)]
-    path = tmp_path / "run.json"
-    path.write_text(json.dumps({"machine_info": {"cpu": {"brand_raw": "Test CPU"}},
-                                "benchmarks": runs}))
-    text = load_report().report(path)
+    text = load_report().report(write_run(tmp_path, runs), tmp_path / "no_ratios.json")
     assert "**cpu**: Test CPU, 2 threads" in text
-    rows = {line.split("|")[2].strip(): line for line in text.splitlines()
-            if line.startswith("| 32 ")}
+    rows = rows_of(text)
     assert "| 800 us | 1.00 ms | 1.20 ms | 0.80x | 0.67x |" in rows["step (pure)"]
     assert "| 600 us | 1.00 ms | 1.20 ms | 0.60x | 0.50x |" in rows["step (in place)"]
     assert "| 200 us | 400 us | - | 0.50x | - |" in rows["forward"]
     assert "backward" not in rows
+
+
+def test_percent_of_peak_divides_by_the_measured_peak_and_keeps_torchs_matmul(tmp_path):
+    # 2 * 32 * 1,001,344 FLOPs in 0.8 ms = 80.1 GFLOP/s: 20 % of the 400 peak, 40 % of torch's.
+    text = load_report().report(write_run(tmp_path, [bench("step", "manual", 32, 0.8e-3)]),
+                                tmp_path / "none.json")
+    assert ("measured float32 matmul peak 400 GFLOP/s (numpy, 2048x2048 matmul); "
+            "torch's own matmul 200 GFLOP/s (torch 200, numpy 400)") in text
+    assert rows_of(text)["step (pure)"].endswith("| 80 | 20 % | 40 % |")
+
+
+def test_step_table_has_every_step_implementation_and_the_compile_time(tmp_path):
+    runs = [bench("step", "inplace", 32, 0.5e-3), bench("step", "jax", 32, 0.4e-3),
+            bench("step", "compiled", 32, 0.45e-3, first_call_s=7.25),
+            bench("step", "autograd", 32, 1.0e-3)]
+    text = load_report().step_table("cpu", load_report().load_runs(write_run(tmp_path, runs))[1])
+    header = next(line for line in text.splitlines() if line.startswith("| batch"))
+    assert header.split("|")[2:6] == [" inplace ", " compiled ", " jax ", " autograd "]
+    row = next(line for line in text.splitlines() if line.startswith("| 32 "))
+    # best torch (compiled, 450 us) / jax (400 us) = 1.12x; the first call shown apart
+    assert "| 450 us (" in row and row.endswith("| 1.12x | 7.2 s |")
+
+
+def test_scaling_table_orders_by_width_and_names_the_parameter_count(tmp_path):
+    runs = [bench("scaling", impl, 128, s * w / 512, width=w)
+            for w in (1024, 128) for impl, s in (("inplace", 1e-3), ("autograd", 2e-3))]
+    text = load_report().scaling_table("cpu", load_report().load_runs(write_run(tmp_path,
+                                                                                 runs))[1])
+    rows = [line for line in text.splitlines() if line.startswith("| 1")]
+    assert [r.split("|")[1].strip() for r in rows] == ["128", "1024"]
+    assert rows[0].startswith("| 128 | 128,000 | 250 us | 500 us |")
+    # the main table ignores the scaling group entirely
+    assert load_report().device_table("cpu", load_report().load_runs(
+        write_run(tmp_path, runs))[1], {}) == ""
+
+
+def ratios_file(tmp_path, compiled_jax, inplace_autograd):
+    def r(v):
+        return {"median": v, "min": v, "max": v, "n": 3}
+    data = {"device": "cpu", "device_name": "Test CPU", "threads": 2, "torch": "2.14.1",
+            "jax": "0.10.2", "processes": 3, "blocks": 15, "batches": [1, 32, 128],
+            "peak": {"peak_gflops": 480.0, "peak_backend": "numpy"},
+            "summary": {"inplace": {"32": {"median_s": 4e-4, "best_s": 3.9e-4,
+                                           "per_process": [4e-4]}}},
+            "ratios": {"compiled/jax": {str(b): r(v) for b, v in compiled_jax.items()},
+                       "inplace/autograd": {"32": r(inplace_autograd)}},
+            "first_call_s": {"compiled": {"32": [7.0, 8.0, 9.0]}}}
+    path = tmp_path / "ratios_cpu.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_ratio_section_states_each_target_as_measured(tmp_path):
+    report = load_report()
+    data = report.load_ratios(ratios_file(tmp_path, {1: 0.9, 32: 1.05, 128: 0.95}, 0.65))
+    verdicts = {name: (verdict, text) for name, verdict, text in report.target_verdicts(data)}
+    assert verdicts["compiled <= 1.0x JAX at batch 1-128"] == (
+        "not met", "1: 0.90x, 32: 1.05x, 128: 0.95x")
+    assert verdicts["eager step (in place) <= 0.7x autograd at batch 32"] == ("met", "32: 0.65x")
+    assert verdicts["eager step (pure) <= 0.7x autograd at batch 32"][0] == "not measured"
+    text = report.ratios_section(data)
+    assert "median of 3 processes" in text and "measured peak 480 GFLOP/s (numpy)" in text
+    assert "batch 32 8.0 s" in text  # the median compile time
+    assert "| 32 | 400 us | 0.65x |" in text
+
+
+def test_report_reads_the_ratios_file_beside_the_run(tmp_path):
+    run = write_run(tmp_path, [bench("step", "manual", 32, 0.8e-3)])
+    path = ratios_file(tmp_path, {1: 0.9, 32: 0.99, 128: 0.8}, 0.75)
+    text = load_report().report(run, path)
+    assert "| compiled <= 1.0x JAX at batch 1-128 | 1: 0.90x, 32: 0.99x, 128: 0.80x | met |" in text
+    assert "| eager step (in place) <= 0.7x autograd at batch 32 | 32: 0.75x | not met |" in text
+
+
+def test_pictures_are_written_per_device_with_the_peak_as_the_limit(tmp_path):
+    report = load_report()
+    runs = [bench("step", impl, b, s * b) for b in (1, 32, 128)
+            for impl, s in (("inplace", 1e-5), ("jax", 8e-6), ("autograd", 2e-5))]
+    runs += [bench("scaling", "inplace", 128, 1e-3 * w / 512, width=w) for w in (128, 512)]
+    machine, loaded = report.load_runs(write_run(tmp_path, runs))[0:2]
+    series, limit, _ = report.step_series("cpu", loaded)
+    assert set(series) == {"inplace", "jax", "autograd"}
+    assert series["jax"][0] == (1, pytest.approx(8e-6))
+    # the time per example that 400 GFLOP/s gives: 2 * 1,001,344 FLOPs / 400e9
+    assert limit == pytest.approx(2 * 1_001_344 / 400e9)
+    written = report.write_pictures(loaded, machine, docs=tmp_path / "docs")
+    assert sorted(p.name for p in written) == ["benchmark_cpu.png", "scaling_cpu.png"]
+    for p in written:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((tmp_path / "docs").glob("*.tmp.png"))
 
 
 @pytest.mark.parametrize("content, words", [
@@ -47,6 +157,22 @@ def test_report_tables_hold_the_time_ratios(tmp_path):
 def test_report_refuses_files_it_cannot_read(tmp_path, capsys, content, words):
     path = tmp_path / "run.json"
     path.write_text(content)
-    assert load_report().main([str(path)]) == 2
+    assert load_report().main([str(path), "--no-plots"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and words in err and err.count("\n") == 1
+
+
+def test_report_refuses_a_broken_ratios_file(tmp_path, capsys):
+    run = write_run(tmp_path, [bench("step", "manual", 32, 0.8e-3)])
+    broken = tmp_path / "ratios.json"
+    broken.write_text("{}")
+    assert load_report().main([str(run), "--ratios", str(broken), "--no-plots"]) == 2
+    assert "is not a file that benchmarks/ratios.py wrote" in capsys.readouterr().err
+
+
+def test_report_main_prints_tables_without_pictures_when_asked(tmp_path, capsys):
+    run = write_run(tmp_path, [bench("step", "manual", 32, 0.8e-3)])
+    assert load_report().main([str(run), "--ratios", str(tmp_path / "none.json"),
+                               "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"from {run}") and "wrote" not in out

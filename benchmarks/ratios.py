@@ -1,0 +1,245 @@
+"""The ratios the README quotes: one plain-SGD step, interleaved contenders, several processes.
+
+    python benchmarks/ratios.py                     # 3 rounds of processes, CPU, ~5-8 minutes
+    python benchmarks/ratios.py --processes 5 --batches 32 128
+    python benchmarks/report.py                     # prints these beside the pytest tables
+
+On a shared machine one process can run twice as slow as the next, so a ratio is credible
+only when its contenders are timed in the same process, interleaved, and repeated over
+several processes. Each round here starts
+    - a torch process (this file with --child): for each batch, every torch contender
+      (manual, inplace, compiled, autograd) is checked against autograd, warmed up, then
+      timed in blocks of back-to-back steps, the contenders taking turns block by block
+      (the order rotating), and the median block of each kept;
+    - a JAX process (jax_step.py's worker; this process never imports jax): the same problem,
+      checked here against autograd, then timed in blocks by the worker's own clock.
+The rounds alternate torch, JAX, torch, JAX, ... so slow drifts touch both. A torch ratio is
+the median over processes of the ratio within each process; a ratio to JAX is the median over
+rounds of (torch process median) / (the same round's JAX process median).
+The results go to .benchmarks/ratios_<device>.json, with the machine's measured matmul peak.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BATCHES = (1, 32, 128, 512, 2048)
+TORCH_IMPLS = ("manual", "inplace", "compiled", "autograd")
+BLOCK_SECONDS = 0.02
+
+
+def steps_per_block(seconds_per_step, block_seconds=BLOCK_SECONDS):
+    """How many back-to-back steps make a block of about block_seconds (at least 1)."""
+    return max(1, int(block_seconds / max(seconds_per_step, 1e-7)))
+
+
+def rotated(items, r):
+    """items, starting at index r (mod len): each contender leads a block in turn."""
+    r %= len(items)
+    return list(items[r:]) + list(items[:r])
+
+
+def summarise(processes, impls, batches):
+    """Per-process medians -> {impl: {batch: {"median_s", "best_s", "per_process"}}}."""
+    out = {}
+    for impl in impls:
+        for batch in batches:
+            values = [p[str(batch)][impl]["median_s"] for p in processes
+                      if impl in p.get(str(batch), {})]
+            if values:
+                out.setdefault(impl, {})[str(batch)] = {
+                    "median_s": statistics.median(values), "best_s": min(values),
+                    "per_process": values}
+    return out
+
+
+def paired_ratios(torch_runs, jax_runs, num, den, batches):
+    """{batch: median over rounds of num's median / den's median}, each from its own run.
+
+    num and den name implementations; "jax" is looked up in jax_runs (round r of each pairs).
+    """
+    def find(runs_pair, impl, batch):
+        runs = runs_pair[1] if impl == "jax" else runs_pair[0]
+        return runs.get(str(batch), {}).get(impl, {}).get("median_s")
+
+    out = {}
+    for batch in batches:
+        values = []
+        for pair in zip(torch_runs, jax_runs or [{}] * len(torch_runs)):
+            a, b = find(pair, num, batch), find(pair, den, batch)
+            if a and b:
+                values.append(a / b)
+        if values:
+            out[str(batch)] = {"median": statistics.median(values), "min": min(values),
+                               "max": max(values), "n": len(values)}
+    return out
+
+
+# ----------------------------------------------------------------------------- torch process
+
+def time_torch_process(device_name, batches, blocks, impls=TORCH_IMPLS):
+    """In this process: check, then time the torch contenders interleaved -> per-batch dict."""
+    import torch
+    from contenders import LR, Skip, build, check_against_autograd, make_problem, mode, sync
+
+    device = torch.device(device_name)
+    result = {}
+    for batch in batches:
+        params, x, y = make_problem(batch, device)
+        fns, skipped, first = {}, {}, {}
+        for impl in impls:
+            try:
+                made = build("step", impl, params, x, y, lr=1.0)
+                check_against_autograd("step", impl, params, x, y, made=made)
+                first[impl] = getattr(made[0], "first_call_s", None)
+                fn = build("step", impl, params, x, y, lr=LR)[0]
+            except Skip as err:
+                skipped[impl] = str(err)
+                continue
+            fns[impl] = fn
+        names = list(fns)
+
+        def block(impl, steps, fns=fns):
+            fn = fns[impl]
+            with mode(impl):
+                sync(device)
+                begin = time.perf_counter()
+                for _ in range(steps):
+                    fn()
+                sync(device)
+            return (time.perf_counter() - begin) / steps
+
+        steps = {}
+        for impl in names:  # warm up; size each contender's block
+            block(impl, 3)
+            steps[impl] = steps_per_block(min(block(impl, 3) for _ in range(3)))
+        times = {impl: [] for impl in names}
+        for r in range(blocks):
+            for impl in rotated(names, r):
+                times[impl].append(block(impl, steps[impl]))
+        result[str(batch)] = {
+            impl: {"median_s": statistics.median(times[impl]), "best_s": min(times[impl]),
+                   "steps_per_block": steps[impl], "first_call_s": first.get(impl)}
+            for impl in names}
+        result[str(batch)]["skipped"] = skipped
+    return result
+
+
+# ----------------------------------------------------------------------------- JAX process
+
+def time_jax_process(device_name, batches, blocks):
+    """A fresh JAX worker process: check against autograd here, time there -> per-batch dict."""
+    import torch
+    from contenders import LR, JaxWorker, Skip, check_against_autograd, make_problem, step_jax
+
+    device = torch.device(device_name)
+    try:
+        worker = JaxWorker()
+    except Skip as err:
+        return {"skipped": str(err)}
+    result = {}
+    try:
+        for batch in batches:
+            params, x, y = make_problem(batch, device)
+            try:
+                made = step_jax(params, x, y, lr=1.0, worker=worker)
+                check_against_autograd("step", "jax", params, x, y, made=made)
+                fn = step_jax(params, x, y, lr=LR, worker=worker)[0]
+            except Skip as err:
+                result[str(batch)] = {"skipped": {"jax": str(err)}}
+                continue
+            fn.block(3)
+            steps = steps_per_block(min(fn.block(3) / 3 for _ in range(3)))
+            times = [fn.block(steps) / steps for _ in range(blocks)]
+            result[str(batch)] = {"jax": {"median_s": statistics.median(times),
+                                          "best_s": min(times), "steps_per_block": steps,
+                                          "first_call_s": made[0].first_call_s,
+                                          "version": worker.info["jax"]}}
+    finally:
+        worker.close()
+    return result
+
+
+def cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    parser.add_argument("--processes", type=int, default=3, help="rounds of processes")
+    parser.add_argument("--blocks", type=int, default=15, help="timed blocks per contender")
+    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    parser.add_argument("--out", type=Path, help="default: .benchmarks/ratios_<device>.json")
+    parser.add_argument("--no-peak", action="store_true", help="skip the peak measurement")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:  # one torch process: print its result as JSON
+        print(json.dumps(time_torch_process(args.device, args.batches, args.blocks)))
+        return 0
+    out = args.out or HERE.parent / ".benchmarks" / f"ratios_{args.device.split(':')[0]}.json"
+    torch_runs, jax_runs = [], []
+    for r in range(args.processes):
+        print(f"round {r + 1}/{args.processes}: torch process ...", flush=True)
+        command = [sys.executable, str(HERE / "ratios.py"), "--child", "--device", args.device,
+                   "--blocks", str(args.blocks), "--batches", *map(str, args.batches)]
+        done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
+        if done.returncode != 0:
+            print(done.stderr[-3000:], file=sys.stderr)
+            return 1
+        torch_runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"round {r + 1}/{args.processes}: JAX process ...", flush=True)
+        jax_runs.append(time_jax_process(args.device, args.batches, args.blocks))
+    import peak
+    import torch
+
+    peak_summary = None if args.no_peak else peak.summary(peak.measure_all(args.device))
+    impls = [*TORCH_IMPLS, "jax"]
+    merged = [{b: {**t.get(b, {}), **{k: v for k, v in j.get(b, {}).items() if k == "jax"}}
+               for b in map(str, args.batches)} for t, j in zip(torch_runs, jax_runs)]
+    pairs = {"inplace/autograd": ("inplace", "autograd"), "manual/autograd": ("manual",
+             "autograd"), "compiled/manual": ("compiled", "manual"),
+             "compiled/jax": ("compiled", "jax"), "inplace/jax": ("inplace", "jax"),
+             "manual/jax": ("manual", "jax"), "autograd/jax": ("autograd", "jax")}
+    data = {
+        "device": args.device, "device_name": (cpu_name() if args.device == "cpu" else
+                                               args.device),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "jax": next((j[b]["jax"]["version"] for j in jax_runs for b in j
+                     if isinstance(j.get(b), dict) and "jax" in j[b]), None),
+        "jax_skipped": next((j["skipped"] for j in jax_runs if "skipped" in j), None),
+        "processes": args.processes, "blocks": args.blocks, "batches": args.batches,
+        "peak": peak_summary, "summary": summarise(merged, impls, args.batches),
+        "ratios": {name: paired_ratios(torch_runs, jax_runs, a, b, args.batches)
+                   for name, (a, b) in pairs.items()},
+        "first_call_s": {impl: {str(b): [t[str(b)][impl]["first_call_s"] for t in torch_runs
+                                         if impl in t.get(str(b), {})]
+                                for b in args.batches} for impl in ("compiled",)},
+        "skipped": {b: t[str(b)].get("skipped") for t in torch_runs[:1] for b in
+                    map(str, args.batches)},
+        "raw": {"torch": torch_runs, "jax": jax_runs},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, out)
+    print(f"wrote {out}; python benchmarks/report.py prints it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

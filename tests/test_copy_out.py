@@ -241,7 +241,7 @@ def alias_uses(tag, node):
         if (isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
                 and n.value.id in aliases):
             uses.append((n.lineno, n.value.id, n.attr))
-    return [(alias, attr) for _, alias, attr in sorted(set(uses))]
+    return list(dict.fromkeys((alias, attr) for _, alias, attr in sorted(uses)))
 
 
 def expected_needs(tag, node):
@@ -538,18 +538,19 @@ def fails_with_value_error(argv):
 P, X, Y = mlp_params, randn(6, 5, seed=2), labels(6, 3, seed=3)  # (B, D) = (6, 5), C = 3
 EXAMPLES = {
     "01:sigmoid": lambda: ((torch.tensor([-1e4, -3.0, 0.0, 0.5, 1e4]),), {}),
-    "01:bce_with_logits": lambda: ((3 * randn(6, 1), (randn(6, 1, seed=1) > 0).double()), {}),
+    "01:check_labels": lambda: ((Y.clone(), 3), {}),
+    "01:one_hot": lambda: ((Y.clone(), 3, torch.float64), {}),
+    "01:bce_with_logits": lambda: ((3 * randn(6), labels(6, 2)), {}),
     "01:logreg_init": lambda: ((5, gen(4)), {}),
-    "01:logreg_forward": lambda: (((randn(5, 1), randn(1)), X.clone()), {}),
-    "01:logreg_backward": lambda: (((randn(5, 1), randn(1)), X.clone(), randn(6, 1, seed=5),
-                                    (randn(6, 1, seed=6) > 0).double()), {}),
+    "01:logreg_forward": lambda: (((randn(5), randn(1)), X.clone()), {}),
+    "01:logreg_backward": lambda: ((X.clone(), randn(6, seed=5), labels(6, 2)), {}),
     "01:linear_decay": lambda: ((0.5, 3, 10), {}),
     "01:sgd_step": lambda: ((P(), P(seed=7), 0.1), {}),
+    "01:check_grads": lambda: ((P(), P(seed=7)), {}),
     "01:is_nine": lambda: ((torch.tensor([0, 9, 3, 9, 8]),), {}),
-    "01:binary_metrics": lambda: ((randn(8, 1), (randn(8, 1, seed=1) > 0).float()), {}),
-    "01:train": lambda: (((0.1 * randn(5, 1), torch.zeros(1, dtype=torch.float64)),
-                          randn(20, 5), (randn(20, 1, seed=1) > 0).double(), 2, 8, 0.5, gen(8)),
-                         {}),
+    "01:binary_metrics": lambda: ((randn(8), labels(8, 2)), {}),
+    "01:train": lambda: (((0.1 * randn(5), torch.zeros(1, dtype=torch.float64)), randn(20, 5),
+                          labels(20, 2), 2, 8, 0.5, gen(8)), {}),
     "02:init_params": lambda: (([5, 4, 3], gen(4)), {"dtype": torch.float64}),
     "02:linear_forward": lambda: ((X.clone(), randn(5, 3, seed=1), randn(3, seed=2)), {}),
     "02:relu": lambda: ((randn(6, 4),), {}),
@@ -592,9 +593,6 @@ EXAMPLES = {
                                         2, gen(4), history()), {}),
     "04:load_checkpoint": lambda tmp: ((checkpoint_for_loading(tmp),), {}),
     "04:save_json": lambda tmp: ((tmp / "metrics.json", {"a": 1, "b": [0.5, None]}), {}),
-    "04:pyplot": lambda: ((), {}),
-    "04:save_figure": lambda tmp: ((tmp / "f.png", lesson("04").pyplot().figure(figsize=(1, 1))),
-                                   {}),
     "04:train_epoch": lambda: ((P((16, 6, 3), dtype=torch.float32),
                                 P((16, 6, 3), seed=2, dtype=torch.float32),
                                 randn(20, 16, dtype=torch.float32), labels(20, 3),
@@ -626,6 +624,9 @@ EXAMPLES = {
     "common:finite_or_none": lambda: (({"a": [1.5, math.nan], "b": (-math.inf, 2)},), {}),
     "common:strict_json_bytes": lambda: (({"a": [1.5, math.nan], "b": (-math.inf, 2)},), {}),
     "common:save_json": lambda tmp: ((tmp / "m.json", {"a": [1.5, math.nan], "b": "c"}), {}),
+    "common:pyplot": lambda: ((), {}),
+    "common:save_figure": lambda tmp: ((tmp / "f.png",
+                                        lesson("common").pyplot().figure(figsize=(1, 1))), {}),
     "common:install_interrupt_handlers": lambda: ((("SIGUSR1",),), {}),
     "common:restore_interrupt_handlers": lambda: (({"received": [], "previous": {
         signal.SIGUSR1: signal.getsignal(signal.SIGUSR1)}},), {}),
@@ -640,6 +641,8 @@ THEN = {  # what to compare instead of a returned function, or how to undo a sid
     "common:install_interrupt_handlers": lambda record: uninstall(record),
 }
 WALL_TIME = {"03:median_seconds"}  # returns a wall time: only its type is compared
+PICTURE = ("only draws a picture (seconds of matplotlib layout); common's pyplot and "
+           "save_figure, which it calls, are copied and run")
 SKIP = {
     "01:main": "runs a whole lesson: tests/test_lessons_run.py covers it",
     "02:main": "runs a whole lesson: tests/test_lessons_run.py covers it",
@@ -647,10 +650,9 @@ SKIP = {
     "04:main": "runs a whole lesson: tests/test_lessons_run.py covers it",
     "04:train": "trains on the real MNIST files: tests/test_train.py covers it",
     "04:run_eval": "reads the real MNIST test set: tests/test_train.py covers it",
-    "04:plot_curves": "only draws a picture, seconds of matplotlib layout; the pyplot and "
-                      "save_figure it calls are copied and run",
-    "04:plot_predictions": "only draws a picture, seconds of matplotlib layout; the pyplot and "
-                           "save_figure it calls are copied and run",
+    "01:plot_weights": PICTURE,
+    "04:plot_curves": PICTURE,
+    "04:plot_predictions": PICTURE,
 }
 # common.py's MNIST file and network layer gets the Needs check only (issue 9, point 3).
 COMMON_FILES_AND_NETWORK = {

@@ -1,18 +1,20 @@
 """Lesson 01: logistic regression by hand. Is this digit a 9?
 
-One linear unit scores each image, a sigmoid turns the score into a probability, and the
-binary cross-entropy says how wrong that probability was. For a batch of B images x (B, 784):
+After this lesson you can derive and code the gradient of one linear unit with a sigmoid
+and binary cross-entropy, and train it with minibatch SGD. For a batch of B images X (B, 784):
 
-    z = x @ w + b                        logits (B, 1)
+    z = X w + b                          logits (B,)
     p = sigmoid(z) = 1 / (1 + exp(-z))   probability of "9"
-    L = mean of -[y log p + (1 - y) log(1 - p)]
+    L = mean over the batch of -[y log p + (1 - y) log(1 - p)]
 
 and the whole backward pass is three lines (logreg_backward):
 
-    dL/dz = (p - y) / B      dL/dw = x.T @ dL/dz      dL/db = sum of dL/dz
+    dL/dz = (p - y) / B      dL/dw = X^T dL/dz      dL/db = sum of dL/dz
 
-Gradient descent then moves w and b a small step against their gradients (sgd_step),
-with a learning rate that shrinks linearly to zero over the run (linear_decay).
+Each line is derived step by step in docs/01_logistic_regression.md. Gradient descent then
+moves w and b a small step against their gradients (sgd_step), with a learning rate that
+shrinks linearly to zero over the run (linear_decay). Labels are int64 class indices here as
+in every lesson: 1 for a 9, 0 for anything else.
 
 Run:
     python 01_logistic_regression.py                 # 10 epochs over 60,000 digits, seconds
@@ -20,77 +22,154 @@ Run:
 
 Only 1 digit in 10 is a 9, so answering "not 9" every time is already 89.91 % accurate on
 the test set. The report therefore gives precision, recall and F1 for the 9s beside accuracy.
+It also draws the trained weight vector as a 28x28 picture (weights.png): the "9 detector".
 """
 
 import argparse
+import math
 import sys
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 import common
 
+minibatches, pyplot, save_figure = common.minibatches, common.pyplot, common.save_figure
+
 
 def sigmoid(z):
-    """z (...) -> 1 / (1 + exp(-z)) (...), without overflow for any z."""
-    e = torch.exp(-z.abs())  # in (0, 1]: never overflows, unlike exp(-z) for z = -1e4
+    """z (...) -> p = 1 / (1 + exp(-z)) (...), without overflow for any z.
+
+    Needs: torch
+    """
+    e = torch.exp(-z.abs())  # in (0, 1]: exp(-|z|) never overflows
+    # For z < 0 the textbook form is computed as e^z / (1 + e^z): same value, no exp(+large).
     return torch.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
+def check_labels(y, n_classes):
+    """Refuse labels that are not class indices: y must be (B,) int64 (values in [0, n_classes)).
+
+    Checking the dtype is free (no wait for a GPU). A value outside [0, n_classes) is caught
+    by one_hot's scatter, which every loss and gradient here goes through, so the loss and its
+    gradient refuse the same labels the same way.
+    Needs: torch
+    """
+    if y.dtype != torch.int64 or y.dim() != 1:
+        raise ValueError(f"labels must be a 1-D int64 tensor of class indices in [0, "
+                         f"{n_classes}), got {y.dtype} of shape {tuple(y.shape)}; convert "
+                         "them with y.long() (a uint8 or bool tensor would index as a mask).")
+    return y
+
+
+def one_hot(y, n_classes, dtype):
+    """y (B,) int64 in [0, n_classes) -> Y (B, n_classes) of dtype: 1 at [b, y_b], 0 elsewhere.
+
+    scatter_ raises for a label outside [0, n_classes) (a device-side error on a GPU), so a
+    wrong label is never silently read as another class.
+    Needs: check_labels, torch
+    """
+    check_labels(y, n_classes)
+    Y = torch.zeros(y.shape[0], n_classes, dtype=dtype, device=y.device)  # (B, n_classes)
+    return Y.scatter_(1, y.unsqueeze(1), 1.0)
+
+
 def bce_with_logits(z, y):
-    """Mean over the batch of the binary cross-entropy; logits z (B, 1), labels y (B, 1) in {0, 1}.
+    """Mean over the batch of the binary cross-entropy: logits z (B,), labels y (B,) int64 in {0, 1}.
 
     -[y log p + (1 - y) log(1 - p)] with p = sigmoid(z) simplifies to
     max(z, 0) - z y + log(1 + exp(-|z|)), which is finite for every z (log(p) is not: p
-    rounds to 0 for z = -1e4).
+    rounds to 0 for z = -1e4). Derivation: docs/01_logistic_regression.md.
+    Needs: one_hot, torch
     """
-    return (z.clamp(min=0) - z * y + torch.log1p(torch.exp(-z.abs()))).mean()
+    t = one_hot(y, 2, z.dtype)[:, 1]  # (B,): 1.0 for class 1, 0.0 for class 0
+    return (z.clamp(min=0) - z * t + torch.log1p(torch.exp(-z.abs()))).mean()
 
 
 def logreg_init(n_features, generator, dtype=torch.float32, device="cpu"):
-    """-> params (w (n_features, 1) ~ N(0, 0.01^2), b (1,) = 0), drawn on the CPU from generator."""
-    w = 0.01 * torch.randn(n_features, 1, generator=generator, dtype=dtype)
+    """-> params (w (D,) ~ N(0, 0.01^2), b (1,) = 0), drawn on the CPU from generator.
+
+    Needs: torch
+    """
+    w = 0.01 * torch.randn(n_features, generator=generator, dtype=dtype)
     return w.to(device), torch.zeros(1, dtype=dtype, device=device)
 
 
 def logreg_forward(params, x):
-    """x (B, D) -> logits (B, 1) = x @ w + b."""
+    """params (w (D,), b (1,)), x (B, D) -> logits z (B,) = x @ w + b.
+
+    Needs: nothing
+    """
     w, b = params
     return x @ w + b
 
 
-def logreg_backward(params, x, logits, y):
-    """Gradients of the mean binary cross-entropy -> (dw (D, 1), db (1,)); y (B, 1) in {0, 1}."""
+def logreg_backward(x, z, y):
+    """Gradients of the mean binary cross-entropy -> (dw (D,), db (1,)).
+
+    x (B, D) the inputs, z (B,) the logits logreg_forward gave, y (B,) int64 in {0, 1}.
+    Needs: sigmoid, one_hot
+    """
     B = x.shape[0]
-    # dL/dz = (sigmoid(z) - y) / B: the sigmoid's slope p(1 - p) cancels the 1 / (p(1 - p))
-    # that the cross-entropy's log brings, leaving "prediction minus truth"; 1/B is the mean.
-    dz = (sigmoid(logits) - y) / B  # (B, 1)
-    return x.T @ dz, dz.sum(dim=0)  # (D, 1), (1,): z = x @ w + b, as in any linear layer
+    t = one_hot(y, 2, z.dtype)[:, 1]  # (B,) float targets, refusing labels as the loss does
+    # dL/dp = (p - t) / (B p (1 - p)) and dp/dz = p (1 - p): the product is (p - t) / B,
+    # "prediction minus truth" (docs/01_logistic_regression.md, steps 1-8).
+    dz = (sigmoid(z) - t) / B  # (B,)
+    return x.T @ dz, dz.sum().reshape(1)  # (D,), (1,): z = x @ w + b, as in any linear layer
 
 
 def linear_decay(lr, step, total_steps):
-    """The learning rate at step (0-based) of total_steps: lr falling linearly towards 0.
+    """The learning rate at step (0-based) of total_steps: lr falling linearly to 0, then 0.
 
     Large early steps cover ground; small late ones let SGD settle instead of bouncing
     around the minimum with the noise of each minibatch.
+    Needs: nothing
     """
-    return lr * (1 - step / total_steps)
+    return lr * max(0.0, 1 - step / total_steps)
 
 
 def sgd_step(params, grads, lr):
-    """One step of gradient descent -> new tuple of p - lr * g (params and grads unchanged)."""
-    return tuple(torch.add(p, g, alpha=-lr) for p, g in zip(params, grads))  # p - lr * g, one pass
+    """One step of gradient descent -> new tuple of p - lr * g (params and grads unchanged).
+
+    Each gradient must have its parameter's dtype and shape: a float64 gradient would
+    otherwise silently turn float32 parameters into float64.
+    Needs: check_grads, torch
+    """
+    check_grads(params, grads)
+    return tuple(torch.add(p, g, alpha=-lr) for p, g in zip(params, grads))  # p - lr * g
+
+
+def check_grads(params, grads):
+    """Raise ValueError unless grads match params one to one in shape, dtype and device.
+
+    Needs: nothing
+    """
+    if len(params) != len(grads):
+        raise ValueError(f"got {len(grads)} gradients for {len(params)} parameters.")
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if p.shape != g.shape or p.dtype != g.dtype or p.device != g.device:
+            raise ValueError(f"gradient {i} is {g.dtype} {tuple(g.shape)} on {g.device} but its "
+                             f"parameter is {p.dtype} {tuple(p.shape)} on {p.device}; convert "
+                             "the gradient (g.to(p)) before the update.")
 
 
 def is_nine(y):
-    """Digit labels (N,) int64 -> binary targets (N, 1) float32: 1 for a 9, 0 otherwise."""
-    return (y == 9).to(torch.float32).unsqueeze(1)
+    """Digit labels (N,) int64 -> binary labels (N,) int64: 1 for a 9, 0 otherwise.
+
+    Needs: torch
+    """
+    return (y == 9).to(torch.int64)
 
 
-def binary_metrics(logits, y):
-    """Predict "9" where logits (N, 1) > 0 -> accuracy, precision, recall, F1 against y (N, 1)."""
-    pred, truth = logits > 0, y > 0.5
+def binary_metrics(z, y):
+    """Predict "9" where logits z (N,) > 0 -> accuracy, precision, recall, F1 against y (N,) int64.
+
+    Needs: one_hot
+    """
+    truth = one_hot(y, 2, z.dtype)[:, 1] > 0.5  # (N,) bool; refuses labels other than 0, 1
+    pred = z > 0
     tp = (pred & truth).sum().item()
     fp = (pred & ~truth).sum().item()
     fn = (~pred & truth).sum().item()
@@ -101,40 +180,68 @@ def binary_metrics(logits, y):
             "precision": precision, "recall": recall, "f1": f1}
 
 
-def train(params, X, t, epochs, batch_size, lr, generator, progress=False):
-    """Minibatch SGD on the mean BCE, lr decaying linearly -> trained params; a line per epoch."""
+def train(params, X, y, epochs, batch_size, lr, generator, progress=False):
+    """Minibatch SGD on the mean BCE, lr decaying linearly -> trained params; a line per epoch.
+
+    X (N, D), y (N,) int64 in {0, 1}.
+    Needs: logreg_forward, logreg_backward, sgd_step, linear_decay, bce_with_logits,
+        minibatches (common), time, tqdm
+    """
     steps = -(-len(X) // batch_size)  # batches per epoch, the last one maybe smaller
     step = 0
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        batches = common.minibatches(X, t, batch_size, generator)
-        for xb, tb in tqdm(batches, total=steps, desc=f"epoch {epoch}", leave=False,
+        batches = minibatches(X, y, batch_size, generator)
+        for xb, yb in tqdm(batches, total=steps, desc=f"epoch {epoch}", leave=False,
                            disable=not progress):
-            logits = logreg_forward(params, xb)  # (b, 1)
-            grads = logreg_backward(params, xb, logits, tb)
+            z = logreg_forward(params, xb)  # (b,)
+            grads = logreg_backward(xb, z, yb)
             params = sgd_step(params, grads, linear_decay(lr, step, epochs * steps))
             step += 1
-        loss = bce_with_logits(logreg_forward(params, X), t).item()
-        print(f"epoch {epoch}/{epochs} | loss {loss:.4f} | {time.perf_counter() - start:.1f} s")
+        loss = bce_with_logits(logreg_forward(params, X), y).item()
+        print(f"epoch {epoch:>{len(str(epochs))}}/{epochs} | loss {loss:.4f} | "
+              f"{time.perf_counter() - start:4.1f} s")
     return params
+
+
+def plot_weights(w, path, title):
+    """The weight vector w (784,) as a 28x28 image, red for "9", blue for "not 9", 0 white.
+
+    Needs: save_figure (common), pyplot (common), math
+    """
+    plt = pyplot()
+    side = math.isqrt(w.numel())
+    image = w.detach().cpu().reshape(side, side)
+    limit = image.abs().max().item() or 1.0
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    shown = ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit)  # centred on 0
+    fig.colorbar(shown, ax=ax, label="weight")
+    ax.set_title(title, fontsize=10)
+    ax.set(xticks=[], yticks=[])
+    fig.tight_layout()
+    save_figure(path, fig)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.5, help="first learning rate; decays to 0")
+    parser.add_argument("--epochs", type=common.int_in(1, 10_000), default=10)
+    parser.add_argument("--batch-size", type=common.int_in(1, 60_000), default=64)
+    parser.add_argument("--lr", type=common.float_in(0, 1e6, lo_open=True), default=0.5,
+                        help="first learning rate; decays to 0")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "runs" / "01"),
+                        help="folder for weights.png (default: runs/01/)")
     common.add_run_args(parser)
     args = common.parse_args(parser, argv)
-    if args.epochs < 1 or args.batch_size < 1 or not args.lr > 0:
-        raise ValueError("--epochs and --batch-size must be at least 1 and --lr positive, got "
-                         f"{args.epochs}, {args.batch_size} and {args.lr}.")
     device = common.pick_device(args.device)
+    out = common.check_writable_dir(args.out)
     X_train, y_train, X_test, y_test = common.load_mnist_limited(device, args.limit)
-    t_train, t_test = is_nine(y_train), is_nine(y_test)  # (N, 1) targets: 1 for a 9
-    print(f"9 versus not-9: {len(X_train):,} training digits ({t_train.mean().item():.2%} nines), "
-          f"{len(X_test):,} test digits, on {device}")
+    if args.batch_size > len(X_train):
+        raise ValueError(f"--batch-size {args.batch_size} is larger than the {len(X_train):,} "
+                         "training digits; give a smaller one.")
+    t_train, t_test = is_nine(y_train), is_nine(y_test)  # (N,) labels: 1 for a 9
+    print(f"9 versus not-9: {len(X_train):,} training digits "
+          f"({t_train.float().mean().item():.2%} nines), {len(X_test):,} test digits, on {device}")
 
     with torch.inference_mode():
         generator = common.make_generator(args.seed)
@@ -144,12 +251,15 @@ def main(argv=None):
         test = binary_metrics(logreg_forward(params, X_test), t_test)
         train_accuracy = binary_metrics(logreg_forward(params, X_train), t_train)["accuracy"]
 
-    baseline = 1 - t_test.mean().item()  # always answer "not 9"
+    baseline = 1 - t_test.float().mean().item()  # always answer "not 9"
     print(f"train accuracy {train_accuracy:.2%}")
     print(f"test  accuracy {test['accuracy']:.2%}   (always 'not 9': {baseline:.2%})")
     print(f"test  class 9: precision {test['precision']:.2%}  recall {test['recall']:.2%}  "
           f"F1 {test['f1']:.3f}")
-    ok = test["accuracy"] > baseline and test["f1"] > 0
+    plot_weights(params[0], out / "weights.png",
+                 f"w, the 9 detector (test {test['accuracy']:.2%})")
+    print(f"wrote {out / 'weights.png'}: red pixels vote for 9, blue against")
+    ok = test["accuracy"] > baseline and test["f1"] > 0 and math.isfinite(test["accuracy"])
     print(common.result_line(test_accuracy=test["accuracy"], precision=test["precision"],
                              recall=test["recall"], f1=test["f1"], baseline_accuracy=baseline,
                              train_accuracy=train_accuracy, ok=ok))

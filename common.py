@@ -629,11 +629,47 @@ def minibatches(X, y, batch_size, generator=None, drop_last=False):
 
 
 def accuracy(logits, y):
-    """Fraction of rows of logits (N, C) whose argmax equals y (N,), as a Python float.
+    """Fraction of rows of logits (N, C) whose argmax equals y (N,) int64, as a Python float.
+
+    Labels are checked as the losses check them: int64 class indices in [0, C), else one
+    ValueError sentence (the range check rides on the one .item() this function needs anyway).
+    Needs: torch
+    """
+    C = logits.shape[1]
+    if y.dtype != torch.int64 or y.dim() != 1 or len(y) != len(logits):
+        raise ValueError(f"labels must be a 1-D int64 tensor of class indices, one per row of "
+                         f"the logits ({len(logits)}), got {y.dtype} of shape {tuple(y.shape)}; "
+                         "convert them with y.long().")
+    hits = (logits.argmax(dim=1) == y).sum()
+    bad = ((y < 0) | (y >= C)).sum()
+    hits, bad = torch.stack([hits, bad]).tolist()  # one wait for the device, not two
+    if bad:
+        raise ValueError(f"{bad} label(s) lie outside [0, {C}); labels must be class indices.")
+    return hits / len(y) if len(y) else float("nan")
+
+
+# ----------------------------------------------------------------------------- pictures
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, imported only when a picture is drawn.
 
     Needs: nothing
     """
-    return (logits.argmax(dim=1) == y).float().mean().item()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(path, fig):
+    """Save a matplotlib figure as PNG, atomically, then free it.
+
+    Needs: atomic_write, pyplot
+    """
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
+    pyplot().close(fig)
 
 
 # ============================================================================= engineering

@@ -15,8 +15,9 @@ lessons and of common.py says in its docstring, on one `Needs:` line, what else 
 - `Needs: nothing` when the body refers to no such name. Builtins are never listed, and a module
   used only through a tensor's methods (`h.T @ dz`) is not referred to, so it is not listed;
   neither is a module the body imports itself (the pasted source carries that import).
-A long line may go on to the next line after a trailing comma. A user follows the line
-transitively: paste the function, then everything its needs need, and so on.
+`Needs:` starts a line of the docstring or ends a one-line docstring; a trailing comma
+continues it on the next line. A user follows the line transitively: paste the function,
+then everything its needs need, and so on.
 
 Three checks hold the promise:
 
@@ -309,21 +310,21 @@ def module_imports(tag):
 
 
 def declared_needs(node):
-    """Parse the docstring's Needs line -> ({name: tag or None}, [problems]); None if absent."""
+    """Parse the docstring's Needs line -> ({name: tag or None}, [problems]); None if absent.
+
+    `Needs:` starts a line, or ends a one-line docstring ("delta_n without the 1/B. Needs:
+    softmax (02)"); a trailing comma continues the list on the next line.
+    """
     doc = ast.get_docstring(node)
     if doc is None:
         return None, ["has no docstring, so no `Needs:` line"]
-    lines = doc.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.strip().startswith("Needs:")]
-    if not starts:
-        inline = " (`Needs:` must start a line of its own)" if "Needs:" in doc else ""
-        return None, [f"its docstring has no `Needs:` line{inline}"]
-    problems = ["its docstring has more than one `Needs:` line"] if len(starts) > 1 else []
-    i = starts[0]
-    text = lines[i].strip()[len("Needs:"):]
-    while text.rstrip().endswith(",") and i + 1 < len(lines):  # a trailing comma goes on
-        i += 1
-        text += " " + lines[i].strip()
+    found = list(re.finditer(r"(?:^|(?<=\s))Needs:(.*)$", doc, re.M))
+    if not found:
+        return None, ["its docstring has no `Needs:` line"]
+    problems = ["its docstring has more than one `Needs:` line"] if len(found) > 1 else []
+    text, rest = found[0].group(1), doc[found[0].end():].splitlines()[1:]
+    while text.rstrip().endswith(",") and rest:  # a trailing comma goes on
+        text += " " + rest.pop(0).strip()
     items = [item.strip() for item in text.split(",")]
     if items == ["nothing"]:
         return {}, problems
@@ -560,6 +561,8 @@ EXAMPLES = {
     "02:mlp_forward": lambda: ((P(), X.clone()), {}),
     "02:count_params": lambda: ((P(),), {}),
     "02:describe": lambda: ((P(), [5, 4, 3]), {}),
+    "02:activation_scales": lambda: ((X.clone(), 4, 3, lambda fan_in: math.sqrt(2 / fan_in),
+                                      gen(5)), {}),
     "03:softmax_cross_entropy_backward": lambda: ((randn(6, 3), Y.clone()), {}),
     "03:linear_backward": lambda: ((randn(6, 3), X.clone(), randn(5, 3, seed=1)), {}),
     "03:relu_backward": lambda: ((randn(6, 4), randn(6, 4, seed=1).clamp(min=0)), {}),
@@ -571,10 +574,24 @@ EXAMPLES = {
     "03:random_params": lambda: (([5, 4, 3], gen(4)), {}),
     "03:with_entry": lambda: ((P(), 2, 3, 0.5), {}),
     "03:finite_difference": lambda: ((P(), X.clone(), Y.clone(), 0, 3, 1e-6), {}),
-    "03:relative_error": lambda: ((0.3, 0.31), {}),
+    "03:relative_error": lambda: (([0.3, -0.2, 0.0], [0.31, -0.2, 1e-9]), {}),
     "03:gradient_check": lambda: (([4, 3, 2], gen(4), torch.device("cpu")),
                                   {"batch": 2, "entries": 2}),
-    "03:median_seconds": lambda: ((lambda: None, torch.device("cpu")), {"repeats": 3}),
+    "03:shape_walkthrough": lambda: ((P(), X.clone(), Y.clone()), {}),
+    "03:interleaved_seconds": lambda: (([lambda: None, lambda: None], torch.device("cpu")),
+                                       {"repeats": 3}),
+    "03:median": lambda: (([3.0, 1.0, 2.0, 5.0],), {}),
+    "03:ratio_summary": lambda: (([2.0, 4.0, 6.0, 8.0, 3.0], [1.0, 2.0, 2.0, 2.0, 3.0]), {}),
+    "03:backward_with": lambda: ((P(), mlp_cache(P(), X), Y.clone()), {}),
+    "03:bug_no_mean": lambda: ((randn(6, 3), Y.clone()), {}),
+    "03:bug_no_max_shift": lambda: ((randn(6, 3), Y.clone()), {}),
+    "03:bug_softmax_as_sigmoid": lambda: ((randn(6, 3), Y.clone()), {}),
+    "03:bug_transposed_dW": lambda: ((randn(6, 3), X.clone(), randn(5, 3, seed=1)), {}),
+    "03:bug_bias_first_row": lambda: ((randn(6, 3), X.clone(), randn(5, 3, seed=1)), {}),
+    "03:bug_no_relu_mask": lambda: ((randn(6, 4), randn(6, 4, seed=1).clamp(min=0)), {}),
+    "03:bug_mask_from_gradient": lambda: ((randn(6, 4), randn(6, 4, seed=1).clamp(min=0)), {}),
+    "03:bug_backward": lambda: (("no-relu-mask",), {}),
+    "03:list_bugs": lambda: ((), {}),
     "04:momentum_step": lambda: ((P(), P(seed=2), P(seed=3), 0.1, 0.9), {}),
     "04:add_weight_decay": lambda: ((P(seed=3), P(), 0.01), {}),
     "04:train_step": lambda: ((P(), P(seed=2), X.clone(), Y.clone(), 0.1, 0.9),
@@ -636,11 +653,12 @@ RAISES = {  # copy and original must both raise this, with the same message
     "common:check_mnist_counts": ValueError,
 }
 THEN = {  # what to compare instead of a returned function, or how to undo a side effect
+    "03:bug_backward": lambda backward: backward(P(), mlp_cache(P(), X), Y.clone()),
     "common:int_in": lambda parse: try_each(parse, ["3", "11", "-1", "x"]),
     "common:float_in": lambda parse: try_each(parse, ["0.5", "0", "nan", "inf", "x"]),
     "common:install_interrupt_handlers": lambda record: uninstall(record),
 }
-WALL_TIME = {"03:median_seconds"}  # returns a wall time: only its type is compared
+WALL_TIME = {"03:interleaved_seconds"}  # returns wall times: only the type is compared
 PICTURE = ("only draws a picture (seconds of matplotlib layout); common's pyplot and "
            "save_figure, which it calls, are copied and run")
 SKIP = {
@@ -650,6 +668,8 @@ SKIP = {
     "04:main": "runs a whole lesson: tests/test_lessons_run.py covers it",
     "04:train": "trains on the real MNIST files: tests/test_train.py covers it",
     "04:run_eval": "reads the real MNIST test set: tests/test_train.py covers it",
+    "03:run_gradient_check": "seconds of finite differences over CHECK_NETWORKS, printed as a "
+                             "table; gradient_check, which it calls, is copied and run",
     "01:plot_weights": PICTURE,
     "04:plot_curves": PICTURE,
     "04:plot_predictions": PICTURE,

@@ -77,7 +77,7 @@ def one_hot(y, n_classes, dtype):
 
 
 def bce_with_logits(z, y):
-    """Mean over the batch of the binary cross-entropy: logits z (B,), labels y (B,) int64 in {0, 1}.
+    """Mean over the batch of the binary cross-entropy: logits z (B,), y (B,) int64 in {0, 1}.
 
     -[y log p + (1 - y) log(1 - p)] with p = sigmoid(z) simplifies to
     max(z, 0) - z y + log(1 + exp(-|z|)), which is finite for every z (log(p) is not: p
@@ -211,8 +211,8 @@ def plot_weights(w, path, title):
     """
     plt = pyplot()
     side = math.isqrt(w.numel())
-    image = w.detach().cpu().reshape(side, side)
-    limit = image.abs().max().item() or 1.0
+    image = w.detach().cpu().reshape(side, side).numpy()
+    limit = float(abs(image).max()) or 1.0
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
     shown = ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit)  # centred on 0
     fig.colorbar(shown, ax=ax, label="weight")

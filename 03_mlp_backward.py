@@ -519,11 +519,12 @@ def main(argv=None):
             xb = torch.rand(B, 784, generator=generator).to(device)
             yb = torch.randint(0, 10, (B,), generator=generator).to(device)
             zb, cache = mlp_forward(params, xb)
-            t = interleaved_seconds([lambda: softmax_cross_entropy_backward(zb, yb),
-                                     lambda: notebook_softmax_cross_entropy_backward(zb, yb)],
-                                    device, args.repeats)
-            u = interleaved_seconds([lambda: mlp_backward(params, cache, yb),
-                                     lambda: notebook_mlp_backward(params, cache, yb)],
+            t = interleaved_seconds(
+                [lambda z=zb, y=yb: softmax_cross_entropy_backward(z, y),
+                 lambda z=zb, y=yb: notebook_softmax_cross_entropy_backward(z, y)],
+                device, args.repeats)
+            u = interleaved_seconds([lambda c=cache, y=yb: mlp_backward(params, c, y),
+                                     lambda c=cache, y=yb: notebook_mlp_backward(params, c, y)],
                                     device, args.repeats)
             r_t, r_u = ratio_summary(t[1], t[0]), ratio_summary(u[1], u[0])
             ratios[B] = r_u

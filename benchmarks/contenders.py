@@ -1,11 +1,11 @@
 """The implementations the benchmarks compare, on identical inputs already on the device.
 
     manual     this repository's functions (lessons 02-04), inside torch.inference_mode()
-    inplace    (step only) lesson 04's train_step_: each gradient fused into its update
+    inplace    (step only) lesson 04's fused_train_step_: each gradient fused into its update
     compiled   (step only) torch.compile of lesson 04's pure train_step (momentum 0), one
                static-shape compilation per batch size; the first call (the compilation)
                is timed apart from the steps
-    cudagraph  (step only, CUDA only) train_step_ captured once as a CUDA graph, then replayed
+    cudagraph  (step only, CUDA only) fused_train_step_ captured once as a CUDA graph, then replayed
     jax        (step only) the same network and step in JAX (jax_step.py), jax.jit(jax.grad),
                run and timed in a worker process of its own (JaxWorker)
     autograd   the same network as torch.nn.Linear/ReLU layers, F.cross_entropy,
@@ -180,11 +180,11 @@ def step_inplace(params, x, y, lr=LR):
     velocity = [torch.zeros_like(p) for p in params]
 
     def fn():
-        training.train_step_(mine, velocity, x, y, lr, 0.0)
+        training.fused_train_step_(mine, velocity, x, y, lr, 0.0)
 
     def result():
         fresh = [p.clone() for p in params]
-        training.train_step_(fresh, velocity, x, y, lr, 0.0)
+        training.fused_train_step_(fresh, velocity, x, y, lr, 0.0)
         return fresh
     return fn, result
 
@@ -263,7 +263,7 @@ def step_compiled(params, x, y, lr=LR):
 
 
 def step_cudagraph(params, x, y, lr=LR):
-    """train_step_ captured once as a CUDA graph on static tensors; fn replays it."""
+    """fused_train_step_ captured once as a CUDA graph on static tensors; fn replays it."""
     if x.device.type != "cuda":
         raise Skip(f"CUDA graphs need a CUDA device; this is {x.device.type}")
     mine = [p.clone() for p in params]
@@ -273,12 +273,12 @@ def step_cudagraph(params, x, y, lr=LR):
     side.wait_stream(torch.cuda.current_stream(x.device))
     with torch.cuda.stream(side):  # warm up outside the graph: cuBLAS handles, workspaces
         for _ in range(3):
-            training.train_step_(scratch, velocity, x, y, lr, 0.0)
+            training.fused_train_step_(scratch, velocity, x, y, lr, 0.0)
     torch.cuda.current_stream(x.device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     try:
         with torch.cuda.graph(graph):  # records the kernels; computes nothing yet
-            training.train_step_(mine, velocity, x, y, lr, 0.0)
+            training.fused_train_step_(mine, velocity, x, y, lr, 0.0)
     except RuntimeError as err:
         raise Skip(f"CUDA graph capture failed: {str(err).splitlines()[0]}") from None
     start = [p.clone() for p in mine]

@@ -68,20 +68,37 @@ def test_update_functions_are_pure():
 
 @pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.9, 5e-3),
                                                     (0.0, 5e-3)])
-def test_fused_in_place_step_equals_the_pure_step(momentum, weight_decay):
+@pytest.mark.parametrize("step", ["train_step_", "fused_train_step_"])
+def test_in_place_steps_equal_the_pure_step(step, momentum, weight_decay):
     params, x, y = random_problem(seed=3)
     params = tuple(p.double() for p in params)
     x = x.double()
-    velocity = tuple(torch.zeros_like(p) for p in params)
+    velocity = train.init_velocity(params)
     pure_p, pure_v = params, velocity
-    fused_p, fused_v = [p.clone() for p in params], [v.clone() for v in velocity]
+    mine_p, mine_v = [p.clone() for p in params], [v.clone() for v in velocity]
     for _ in range(4):  # a few steps, so the velocity matters
         pure_p, pure_v, pure_loss = train.train_step(pure_p, pure_v, x, y, 0.1, momentum,
                                                      weight_decay)
-        fused_loss = train.train_step_(fused_p, fused_v, x, y, 0.1, momentum, weight_decay)
-        assert abs(pure_loss.item() - fused_loss.item()) < 1e-12
-    for a, b in zip(pure_p, fused_p):
+        loss = getattr(train, step)(mine_p, mine_v, x, y, 0.1, momentum, weight_decay)
+        assert abs(pure_loss.item() - loss.item()) < 1e-12
+    for a, b in zip((*pure_p, *pure_v), (*mine_p, *mine_v)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_init_velocity_is_zeros_shaped_like_the_parameters():
+    params, _, _ = random_problem()
+    velocity = train.init_velocity(params)
+    assert all(v.shape == p.shape and v.dtype == p.dtype and not v.any()
+               for v, p in zip(velocity, params))
+
+
+def test_updates_refuse_a_gradient_of_another_dtype():
+    params, _, _ = random_problem()
+    grads = tuple(g.double() for g in params)
+    with pytest.raises(ValueError, match="gradient 0 is torch.float64"):
+        train.momentum_step(params, train.init_velocity(params), grads, 0.1, 0.9)
+    with pytest.raises(ValueError, match="gradient 0 is torch.float64"):
+        train.momentum_step_(list(params), train.init_velocity(params), grads, 0.1, 0.9)
 
 
 def test_training_steps_build_no_graph_under_inference_mode():
@@ -123,7 +140,8 @@ def test_notebook_preset_is_the_notebook():
     assert config["hidden"] == [512, 128] and config["lr"] == 0.01
     assert config["batch_size"] == 32 and config["epochs"] == 8
     assert config["momentum"] == 0 and config["schedule"] == "constant"
-    assert config["weight_decay"] == 0 and config["shift"] == 0
+    assert config["weight_decay"] == 0 and config["shift"] == 0 and config["rotate"] == 0
+    assert config["scale"] == 0 and config["elastic"] == 0
     assert config["val_size"] == 0  # the notebook trained on all 60,000 digits
     W1 = fwd.init_params([784, *config["hidden"], 10], torch.Generator().manual_seed(0))[0]
     assert abs(W1.std().item() - (2 / 784) ** 0.5) < 0.002  # He init
@@ -139,19 +157,32 @@ def test_flags_override_the_preset():
 # ----------------------------------------------------------------------------- bad input
 
 BAD = [
-    (["--lr", "0"], "--lr must be a positive number"),
-    (["--lr", "-1"], "--lr must be a positive number"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--lr", "0"], "argument --lr: must be a finite number in (0, 1e+06], got 0"),
+    (["--lr", "-1"], "argument --lr: must be a finite number"),
+    (["--lr", "inf"], "argument --lr: must be a finite number"),
+    (["--batch-size", "0"], "argument --batch-size: must be a whole number"),
     (["--batch-size", "60000"], "--batch-size 60000 is larger than the 55000 training digits"),
-    (["--epochs", "0"], "--epochs must be at least 1"),
-    (["--hidden", "512", "0"], "--hidden needs widths of at least 1"),
-    (["--preset", "fast"], "unknown preset 'fast'; choose one of: notebook, default"),
-    (["--momentum", "1"], "--momentum must be in [0, 1)"),
-    (["--val-size", "60000"], "--val-size must be between 0 and 59999"),
+    (["--epochs", "0"], "argument --epochs: must be a whole number"),
+    (["--hidden", "512", "0"], "argument --hidden: must be a whole number"),
+    (["--hidden", "2000000000"], "argument --hidden: must be a whole number"),
+    (["--hidden", "99999999999999999999"], "argument --hidden: must be a whole number"),
+    (["--hidden", "60000", "60000"], "would need 3,647,640,000 weights"),
+    (["--seed", "99999999999999999999999"], "argument --seed: must be a whole number"),
+    (["--preset", "fast"], "unknown preset 'fast'; choose one of: notebook, default, best"),
+    (["--preset", "seed"], "the notebook's recipe is --preset notebook"),
+    (["--momentum", "1"], "argument --momentum: must be a finite number"),
+    (["--val-size", "60000"], "argument --val-size: must be a whole number"),
     (["--schedule", "cosine"], "--schedule must be linear or constant"),
+    (["--step", "fast"], "--step must be one of inplace, pure, fused"),
     (["--resume", "--lr", "0.1"], "--resume continues with the checkpoint's own settings"),
-    (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+    (["--lr", "fast"], "argument --lr: must be a finite number"),
+    (["--limit", "0"], "argument --limit: must be a whole number"),
+    (["--limit", "-3"], "argument --limit: must be a whole number"),
     (["--bogus"], "unrecognised arguments: --bogus"),
+    (["--eval", "x.pt", "--lr", "-5"], "argument --lr"),
+    (["--eval", "x.pt", "--lr", "0.5"], "--eval only reads a checkpoint; drop --lr"),
+    (["--eval", "x.pt", "--limit", "0"], "argument --limit: must be a whole number"),
+    (["--ablation", "--epochs", "3"], "--ablation trains its own fixed ladder; drop --epochs"),
 ]
 
 
@@ -165,6 +196,19 @@ def test_bad_arguments_stop_before_any_work(args, words, tmp_path, capsys, monke
     err = capsys.readouterr().err
     assert err.startswith("error: ") and words in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out, words", [("", "empty"), ("/proc/nope", "/proc/nope"),
+                                        ("FILE/sub", "under a file")])
+def test_an_unusable_output_folder_is_refused_before_any_work(out, words, tmp_path, capsys,
+                                                               monkeypatch):
+    monkeypatch.setattr(common, "load_mnist", lambda *a, **k: 1 / 0)
+    (tmp_path / "FILE").write_text("keep me")
+    out = out.replace("FILE", str(tmp_path / "FILE"))
+    assert run("--out", out, "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert (tmp_path / "FILE").read_text() == "keep me"
 
 
 def test_cuda_asked_for_without_cuda(capsys, monkeypatch, tmp_path):
@@ -204,7 +248,7 @@ def test_a_short_run_learns_and_writes_every_file(mnist, tmp_path, capsys):
     out = tmp_path / "run"
     assert run(*SMALL, "--out", out) == 0
     stdout = capsys.readouterr().out
-    assert "epoch  3/3 | loss " in stdout and "| val " in stdout
+    assert "epoch 3/3 | loss " in stdout and "| val " in stdout
     m = metrics(out)
     assert m["status"] == "finished" and len(m["history"]) == 3
     first, last = m["history"][0], m["history"][-1]
@@ -214,7 +258,7 @@ def test_a_short_run_learns_and_writes_every_file(mnist, tmp_path, capsys):
     assert {"train_accuracy", "total_seconds", "torch", "device"} <= set(m)
     result = stdout.strip().splitlines()[-1]
     assert result.startswith("result: test_accuracy=") and "epochs=3" in result
-    for png in ("curves.png", "predictions.png"):
+    for png in ("curves.png", "predictions.png", "weights.png", "confusion.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     state = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -289,8 +333,9 @@ def test_an_interrupted_checkpoint_write_keeps_the_previous_file(mnist, tmp_path
     monkeypatch.setattr(torch, "save", half_written)
     assert run(*SMALL, "--out", out) == 130
     assert (out / "checkpoint.pt").read_bytes() == good
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png",
-                                                     "metrics.json", "predictions.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoint.pt", "confusion.png",
+                                                     "curves.png", "metrics.json",
+                                                     "predictions.png", "weights.png"]
 
 
 @pytest.mark.mnist

@@ -227,7 +227,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=common.int_in(1, 10_000), default=10)
     parser.add_argument("--batch-size", type=common.int_in(1, 60_000), default=64)
-    parser.add_argument("--lr", type=common.float_in(0, 1e6, lo_open=True), default=0.5,
+    parser.add_argument("--lr", type=common.float_in(0, None, lo_open=True), default=0.5,
                         help="first learning rate; decays to 0")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "runs" / "01"),
                         help="folder for weights.png (default: runs/01/)")

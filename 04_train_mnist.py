@@ -441,7 +441,7 @@ def build_parser():
                         help="hidden widths, e.g. 512 128")
     parser.add_argument("--epochs", type=common.int_in(1, 100_000))
     parser.add_argument("--batch-size", type=common.int_in(1, N_TRAIN))
-    parser.add_argument("--lr", type=common.float_in(0, 1e6, lo_open=True),
+    parser.add_argument("--lr", type=common.float_in(0, None, lo_open=True),
                         help="first learning rate")
     parser.add_argument("--momentum", type=common.float_in(0, 1, hi_open=True),
                         help="0 for plain SGD")
@@ -710,8 +710,9 @@ def prepare_data(config, device):
 def fit(config, data, generator, state=None, on_epoch=None, progress=False, log=print):
     """Train for the config's epochs (from state's, if resuming) -> (params, velocity, history).
 
-    After each epoch: score the validation digits, check that every parameter is finite
-    (a divergence on an epoch's last updates shows here), log one line, call on_epoch.
+    After each epoch: check that every parameter, and the loss on 1,000 training digits, is
+    finite (a divergence on an epoch's last update shows only here), score the validation
+    digits, log one line, call on_epoch (which saves the checkpoint).
     """
     X_train, y_train, X_val, y_val = data[:4]
     device = X_train.device
@@ -735,7 +736,9 @@ def fit(config, data, generator, state=None, on_epoch=None, progress=False, log=
         except FloatingPointError as err:
             raise FloatingPointError(str(err).replace(" at step ", f" at epoch {epoch}, step ",
                                                       1)) from None
-        if not all_finite(params + velocity):
+        # The step losses were taken before each update; the last update shows only here.
+        probe = cross_entropy(mlp_forward(params, X_train[:1000])[0], y_train[:1000])
+        if not all_finite(params + velocity + (probe,)):
             raise FloatingPointError(
                 f"the parameters became infinite or NaN during epoch {epoch} (lr "
                 f"{config['lr']:g}); training stopped and no checkpoint was written for this "

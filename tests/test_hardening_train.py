@@ -1,0 +1,170 @@
+"""Lesson 04 under attack: divergence, a busy folder, crafted checkpoints, signals, leftovers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import load_lesson
+
+import common
+
+train = load_lesson("04_train_mnist")
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--limit", "1000", "--val-size", "200", "--epochs", "1", "--batch-size", "100",
+        "--hidden", "16", "--no-progress", "--device", "cpu"]
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and fcntl locks")
+
+
+def run(*args):
+    return common.run_main(train.main, [str(a) for a in args])
+
+
+def strict_json(path):
+    """metrics.json parsed by a strict parser: NaN and Infinity are not JSON."""
+    def refuse(name):
+        raise ValueError(f"{path} holds {name}")
+    return json.loads(Path(path).read_text(), parse_constant=refuse)
+
+
+@pytest.mark.mnist
+def test_a_divergence_on_the_last_update_of_an_epoch_is_caught(mnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--limit", "1000", "--val-size", "0", "--batch-size", "1000", "--no-progress",
+            "--device", "cpu", "--out", out]
+    assert run(*args, "--epochs", "1", "--lr", "0.01") == 0  # a good first run
+    good = (out / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    # One step per epoch: its loss is computed before the update, so only the parameters
+    # can show that the update itself blew up.
+    assert run(*args, "--epochs", "2", "--lr", "1e38") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the ") and "infinite or NaN" in err and "--lr" in err
+    assert (out / "checkpoint.pt").read_bytes() == good
+    assert strict_json(out / "metrics.json")["status"] == "finished"  # the good run's file
+
+
+def test_metrics_are_strict_json_even_with_non_finite_numbers(tmp_path):
+    common.save_json(tmp_path / "m.json", {"a": float("nan"), "b": [float("inf"), 1.0]})
+    assert strict_json(tmp_path / "m.json") == {"a": None, "b": [None, 1.0]}
+
+
+@posix_only
+def test_a_second_run_into_a_busy_folder_stops_at_once_naming_the_other(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import common, sys, time\nh = common.lock_folder(sys.argv[1])\n"
+         "print('held', flush=True)\ntime.sleep(60)", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert run(*TINY, "--out", out) == 2
+        err = capsys.readouterr().err
+        assert f"process {holder.pid}" in err and err.count("\n") == 1
+        assert not (out / "checkpoint.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.mnist
+@posix_only
+def test_resume_after_sigkill_works_and_leftovers_are_cleaned(mnist, tmp_path):
+    out = tmp_path / "run"
+    args = [*TINY, "--epochs", "60", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "04_train_mnist.py", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (out / ".checkpoint.pt.ab12CD34.tmp").write_bytes(b"half a file")  # what a kill can leave
+    assert run("--resume", "--out", out, "--no-progress", "--device", "cpu") == 0
+    assert not (out / ".checkpoint.pt.ab12CD34.tmp").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 60
+
+
+@pytest.mark.mnist
+def test_resume_refuses_another_preset_than_the_runs(mnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(*TINY, "--out", out) == 0
+    capsys.readouterr()
+    assert run("--resume", "--preset", "best", "--out", out, "--device", "cpu") == 2
+    assert "holds a run of preset 'default', not 'best'" in capsys.readouterr().err
+
+
+def crafted(tmp_path, edit):
+    """A real checkpoint of a tiny network, changed by edit(state) and saved."""
+    sizes = [784, 4, 10]
+    params = load_lesson("02_mlp_forward").init_params(sizes, torch.Generator().manual_seed(0))
+    config = dict(train.PRESETS["default"], hidden=[4], epochs=1, seed=0, limit=None,
+                  step="inplace", preset="default")
+    state = {"format": train.CHECKPOINT_FORMAT, "params": list(params),
+             "velocity": [torch.zeros_like(p) for p in params], "config": config, "epoch": 1,
+             "generator_state": torch.Generator().get_state(),
+             "history": [{"epoch": 1, "loss": 1.0, "val_loss": None, "val_accuracy": None,
+                          "seconds": 1.0}]}
+    edit(state)
+    torch.save(state, tmp_path / "c.pt")
+    return tmp_path / "c.pt"
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda s: s.pop("velocity"), "it lacks velocity"),
+    (lambda s: s.pop("config"), "it lacks config"),
+    (lambda s: s.update(params=[p.double() for p in s["params"]]), "not float32 tensors"),
+    (lambda s: s["config"].pop("hidden"), "its config does not hold"),
+    (lambda s: s.update(epoch=5), "do not agree"),
+    (lambda s: s["config"].update(hidden=[2_000_000_000]), "its config does not hold"),
+])
+def test_crafted_checkpoints_are_refused_in_one_sentence(edit, words, tmp_path, capsys):
+    assert train.load_checkpoint(crafted(tmp_path, lambda s: None))["epoch"] == 1  # the base is fine
+    path = crafted(tmp_path, edit)
+    assert run("--eval", path, "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and err.count("\n") == 1
+
+
+@posix_only
+def test_sigterm_during_the_imports_is_a_clean_interruption():
+    proc = subprocess.Popen([sys.executable, "04_train_mnist.py", "--device", "cpu"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.4)  # python is up, torch is still importing
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+
+
+class _SignalOnCollect:
+    """An object whose __del__ sends this process SIGTERM: the handler's KeyboardInterrupt
+    is raised where Python can only print "Exception ignored" and go on."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.mnist
+@posix_only
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the point
+def test_a_sigterm_swallowed_while_plotting_is_never_reported_as_success(mnist, tmp_path,
+                                                                          monkeypatch, capsys):
+    real = train.plot_confusion
+
+    def plot_and_get_signalled(*args):
+        real(*args)
+        _SignalOnCollect()  # collected at once: the signal arrives inside __del__
+
+    monkeypatch.setattr(train, "plot_confusion", plot_and_get_signalled)
+    out = tmp_path / "run"
+    assert run(*TINY, "--out", out) == 130
+    captured = capsys.readouterr()
+    assert "interrupted:" in captured.err and "wrote" not in captured.out
+    assert strict_json(out / "metrics.json")["status"] == "running"

@@ -10,8 +10,9 @@ lessons and of common.py says in its docstring, on one `Needs:` line, what else 
   lessons borrow such functions by name at module level (`softmax = forward.softmax`), and the
   tag names the file that really defines the function, not the one that borrows it;
 - a module the file imports at its top: the module's name (`torch`, `math`; `pathlib` for a
-  body that uses `Path` after `from pathlib import Path`), or a module-level constant or a
-  private helper of the same file (`N_INPUT`, `_interval`), bare;
+  body that uses `Path` after `from pathlib import Path`) or the name the file binds it to
+  (`F` for `import torch.nn.functional as F`); a module-level constant or a private helper of
+  the same file: bare (`N_INPUT`, `_interval`);
 - `Needs: nothing` when the body refers to no such name. Builtins are never listed, and a module
   used only through a tensor's methods (`h.T @ dz`) is not referred to, so it is not listed;
   neither is a module the body imports itself (the pasted source carries that import).
@@ -309,6 +310,15 @@ def module_imports(tag):
     return out
 
 
+def module_name(tag, name):
+    """`F` (bound by `import torch.nn.functional as F`) -> "torch.nn.functional"; else name.
+
+    A Needs line may name a module by its name or by the name the file binds it to.
+    """
+    kind, detail, _ = bindings(tag).get(name, (None, None, None))
+    return detail[0] if kind == "module" else name
+
+
 def declared_needs(node):
     """Parse the docstring's Needs line -> ({name: tag or None}, [problems]); None if absent.
 
@@ -382,6 +392,7 @@ def test_needs_line_matches_the_body(case):
     declared, parse_problems = declared_needs(node)
     problems += parse_problems
     if declared is not None:
+        declared = {module_name(tag, n) if t is None else n: t for n, t in declared.items()}
         missing = {n: t for n, t in expected.items() if n not in declared}
         stale = {n: t for n, t in declared.items() if n not in expected}
         if missing:
@@ -435,6 +446,7 @@ def paste_list(tag, name):
         else:
             needs = expected_needs(tag, node)[0]
         for need, need_tag in needs.items():
+            need = module_name(tag, need) if need_tag is None else need
             where = f"{need} ({need_tag})" if need_tag else need
             if need_tag is not None:
                 if need_tag not in FILES or bindings(need_tag).get(need, ("",))[0] != "def":

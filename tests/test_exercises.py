@@ -1,4 +1,4 @@
-"""Lesson 03's exercises: every listed bug is caught by the gradient check, the clean pass is not."""
+"""Lesson 03's exercises: every listed bug fails the gradient check; the clean pass does not."""
 
 import pytest
 from conftest import load_lesson

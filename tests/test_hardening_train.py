@@ -125,7 +125,7 @@ def crafted(tmp_path, edit):
     (lambda s: s["config"].update(hidden=[2_000_000_000]), "its config does not hold"),
 ])
 def test_crafted_checkpoints_are_refused_in_one_sentence(edit, words, tmp_path, capsys):
-    assert train.load_checkpoint(crafted(tmp_path, lambda s: None))["epoch"] == 1  # the base is fine
+    assert train.load_checkpoint(crafted(tmp_path, lambda s: None))["epoch"] == 1  # base: fine
     path = crafted(tmp_path, edit)
     assert run("--eval", path, "--device", "cpu") == 2
     err = capsys.readouterr().err

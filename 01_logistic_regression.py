@@ -37,6 +37,11 @@ from tqdm import tqdm
 import common
 
 minibatches, pyplot, save_figure = common.minibatches, common.pyplot, common.save_figure
+add_run_args, check_writable_dir = common.add_run_args, common.check_writable_dir
+float_in, int_in = common.float_in, common.int_in
+load_mnist_limited, make_generator = common.load_mnist_limited, common.make_generator
+parse_args, pick_device = common.parse_args, common.pick_device
+result_line, run_main, show_progress = common.result_line, common.run_main, common.show_progress
 
 
 def sigmoid(z):
@@ -223,19 +228,27 @@ def plot_weights(w, path, title):
 
 
 def main(argv=None):
+    """Run this lesson from the command line -> exit status.
+
+    Needs: argparse, int_in (common), float_in (common), pathlib, add_run_args (common),
+        parse_args (common), pick_device (common), check_writable_dir (common),
+        load_mnist_limited (common), is_nine, torch, make_generator (common), logreg_init,
+        train, show_progress (common), binary_metrics, logreg_forward, plot_weights, math,
+        result_line (common)
+    """
     parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=common.int_in(1, 10_000), default=10)
-    parser.add_argument("--batch-size", type=common.int_in(1, 60_000), default=64)
-    parser.add_argument("--lr", type=common.float_in(0, None, lo_open=True), default=0.5,
+    parser.add_argument("--epochs", type=int_in(1, 10_000), default=10)
+    parser.add_argument("--batch-size", type=int_in(1, 60_000), default=64)
+    parser.add_argument("--lr", type=float_in(0, None, lo_open=True), default=0.5,
                         help="first learning rate; decays to 0")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "runs" / "01"),
                         help="folder for weights.png (default: runs/01/)")
-    common.add_run_args(parser)
-    args = common.parse_args(parser, argv)
-    device = common.pick_device(args.device)
-    out = common.check_writable_dir(args.out)
-    X_train, y_train, X_test, y_test = common.load_mnist_limited(device, args.limit)
+    add_run_args(parser)
+    args = parse_args(parser, argv)
+    device = pick_device(args.device)
+    out = check_writable_dir(args.out)
+    X_train, y_train, X_test, y_test = load_mnist_limited(device, args.limit)
     if args.batch_size > len(X_train):
         raise ValueError(f"--batch-size {args.batch_size} is larger than the {len(X_train):,} "
                          "training digits; give a smaller one.")
@@ -244,10 +257,10 @@ def main(argv=None):
           f"({t_train.float().mean().item():.2%} nines), {len(X_test):,} test digits, on {device}")
 
     with torch.inference_mode():
-        generator = common.make_generator(args.seed)
+        generator = make_generator(args.seed)
         params = logreg_init(X_train.shape[1], generator, device=device)
         params = train(params, X_train, t_train, args.epochs, args.batch_size, args.lr,
-                       generator, common.show_progress(args.no_progress))
+                       generator, show_progress(args.no_progress))
         test = binary_metrics(logreg_forward(params, X_test), t_test)
         train_accuracy = binary_metrics(logreg_forward(params, X_train), t_train)["accuracy"]
 
@@ -260,11 +273,11 @@ def main(argv=None):
                  f"w, the 9 detector (test {test['accuracy']:.2%})")
     print(f"wrote {out / 'weights.png'}: red pixels vote for 9, blue against")
     ok = test["accuracy"] > baseline and test["f1"] > 0 and math.isfinite(test["accuracy"])
-    print(common.result_line(test_accuracy=test["accuracy"], precision=test["precision"],
+    print(result_line(test_accuracy=test["accuracy"], precision=test["precision"],
                              recall=test["recall"], f1=test["f1"], baseline_accuracy=baseline,
                              train_accuracy=train_accuracy, ok=ok))
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_main(main))
+    sys.exit(run_main(main))

@@ -36,6 +36,10 @@ import common
 
 logreg = importlib.import_module("01_logistic_regression")
 check_labels = logreg.check_labels
+add_run_args, int_in, load_mnist = common.add_run_args, common.int_in, common.load_mnist
+make_generator = common.make_generator
+parse_args, pick_device, result_line = common.parse_args, common.pick_device, common.result_line
+run_main = common.run_main
 
 
 def init_params(sizes, generator=None, dtype=torch.float32, device="cpu"):
@@ -168,15 +172,22 @@ def activation_scales(x, width, depth, weight_std, generator):
 
 
 def main(argv=None):
+    """Run this lesson from the command line -> exit status.
+
+    Needs: argparse, int_in (common), add_run_args (common), parse_args (common),
+        pick_device (common), torch, init_params, make_generator (common), textwrap, describe,
+        count_params, load_mnist (common), mlp_forward, softmax, cross_entropy, math,
+        activation_scales, result_line (common)
+    """
     parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=common.int_in(1, 65_536), nargs="+",
+    parser.add_argument("--sizes", type=int_in(1, 65_536), nargs="+",
                         default=[784, 512, 128, 10],
                         help="layer widths, input first (default: 784 512 128 10)")
-    parser.add_argument("--digits", type=common.int_in(1, 10_000), default=1000,
+    parser.add_argument("--digits", type=int_in(1, 10_000), default=1000,
                         help="how many test digits to push through the untrained network")
-    common.add_run_args(parser, data=False)
-    args = common.parse_args(parser, argv)
+    add_run_args(parser, data=False)
+    args = parse_args(parser, argv)
     if len(args.sizes) < 2 or args.sizes[0] != 784:
         raise ValueError(f"--sizes must start with 784 and hold at least two widths, "
                          f"got {args.sizes}.")
@@ -184,17 +195,17 @@ def main(argv=None):
     if n_weights > 200_000_000:
         raise ValueError(f"--sizes {' '.join(map(str, args.sizes))} would need {n_weights:,} "
                          "weights (over 200 million, 0.8 GB); give smaller widths.")
-    device = common.pick_device(args.device)
+    device = pick_device(args.device)
 
     with torch.inference_mode():
-        params = init_params(args.sizes, common.make_generator(args.seed), device=device)
+        params = init_params(args.sizes, make_generator(args.seed), device=device)
         net = "-".join(map(str, args.sizes))
         print(f"1. the network {net} on {device}, He-normal init (random seed {args.seed})")
         print(textwrap.indent(describe(params, args.sizes), "   "))
         n_params = count_params(params)
         print(f"   parameters: {n_params:,}")
 
-        X_test, y_test = common.load_mnist(device=device)[2:]
+        X_test, y_test = load_mnist(device=device)[2:]
         x, y = X_test[:args.digits], y_test[:args.digits]  # (N, 784), (N,)
         logits, cache = mlp_forward(params, x)
         probs = softmax(logits)  # (N, C)
@@ -212,7 +223,7 @@ def main(argv=None):
         print(f"   {'init':<18}" + "".join(f"{'H_' + str(i):>9}" for i in range(1, 11)))
         he_ratio = None
         for name, std in inits.items():
-            scales = activation_scales(x, 512, 10, std, common.make_generator(args.seed))
+            scales = activation_scales(x, 512, 10, std, make_generator(args.seed))
             print(f"   {name:<18}" + "".join(f"{v:>9.2g}" for v in scales))
             if name.startswith("He"):
                 he_ratio = scales[-1] / scales[0]
@@ -235,10 +246,10 @@ def main(argv=None):
     print(f"   probability rows sum to 1: largest |sum - 1| = {row_error:.2e}")
     ok = (math.isfinite(loss) and abs(loss - chance) < 1.0 and row_error < 1e-5
           and 0.5 < he_ratio < 2.0)
-    print(common.result_line(params=n_params, initial_loss=loss, ln_classes=chance,
+    print(result_line(params=n_params, initial_loss=loss, ln_classes=chance,
                              row_sum_error=row_error, he_scale_ratio=he_ratio, ok=ok))
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_main(main))
+    sys.exit(run_main(main))

@@ -150,6 +150,10 @@ def notebook_mlp_backward(params, cache, y):
 
 
 check_labels = logreg.check_labels
+add_run_args, float_in, int_in = common.add_run_args, common.float_in, common.int_in
+make_generator = common.make_generator
+parse_args, pick_device, result_line = common.parse_args, common.pick_device, common.result_line
+run_main = common.run_main
 
 
 # ============================================================================= checking it
@@ -210,8 +214,8 @@ def gradient_check(sizes, generator, device, backward=None, batch=4, entries=6, 
     Returns one row per tensor: (name, shape, max abs diff, max relative error, problem),
     problem being None or a few words (a wrong shape, say). x_scale scales the inputs, so
     that the logits can be made large.
-    Needs: random_params, mlp_forward (02), mlp_backward, finite_difference, relative_error,
-        torch
+    Needs: mlp_backward, random_params, torch, mlp_forward (02), math, finite_difference,
+        relative_error
     """
     backward = backward or mlp_backward
     params = random_params(sizes, generator, device=device)
@@ -456,24 +460,33 @@ def list_bugs():
 # ============================================================================= main
 
 def main(argv=None):
+    """Run this lesson from the command line -> exit status.
+
+    Needs: argparse, float_in (common), int_in (common), add_run_args (common),
+        parse_args (common), list_bugs, BUGS, pick_device (common), make_generator (common),
+        torch, run_gradient_check, bug_backward, textwrap, result_line (common),
+        init_params (02), shape_walkthrough, softmax_cross_entropy_backward,
+        notebook_softmax_cross_entropy_backward, mlp_forward (02), interleaved_seconds,
+        mlp_backward, notebook_mlp_backward, ratio_summary, median
+    """
     parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tolerance", type=common.float_in(0, 1, lo_open=True), default=1e-6,
+    parser.add_argument("--tolerance", type=float_in(0, 1, lo_open=True), default=1e-6,
                         help="largest relative error the check accepts (float64)")
-    parser.add_argument("--repeats", type=common.int_in(1, 100_000), default=50,
+    parser.add_argument("--repeats", type=int_in(1, 100_000), default=50,
                         help="timed calls per measurement")
     parser.add_argument("--bug", metavar="NAME",
                         help="check a backward pass with one injected bug; 'list' lists them")
-    common.add_run_args(parser, data=False)
-    args = common.parse_args(parser, argv)
+    add_run_args(parser, data=False)
+    args = parse_args(parser, argv)
     if args.bug == "list":
         print(list_bugs())
         return 0
     if args.bug is not None and args.bug not in BUGS:
         raise ValueError(f"unknown bug {args.bug!r}; `--bug list` lists them: "
                          f"{', '.join(BUGS)}.")
-    device = common.pick_device(args.device)
-    generator = common.make_generator(args.seed)
+    device = pick_device(args.device)
+    generator = make_generator(args.seed)
 
     with torch.inference_mode():
         if args.bug is not None:
@@ -484,7 +497,7 @@ def main(argv=None):
                                                 bug_backward(args.bug))
             print("\n" + textwrap.fill(why, width=90, initial_indent="   ",
                                        subsequent_indent="   "))
-            print(common.result_line(bug=args.bug, max_rel_error=worst, caught=not grad_ok,
+            print(result_line(bug=args.bug, max_rel_error=worst, caught=not grad_ok,
                                      ok=grad_ok))
             return 0 if grad_ok else 1
 
@@ -545,11 +558,11 @@ def main(argv=None):
 
     ok = grad_ok and jac_ok
     print(f"\nverdict: {'every check passed' if ok else 'CHECK FAILED'}")
-    print(common.result_line(max_rel_error=worst, jacobian_max_diff=jac_diff,
+    print(result_line(max_rel_error=worst, jacobian_max_diff=jac_diff,
                              jacobian_ratio_b32=ratios[32][0],
                              jacobian_ratio_b512=ratios[512][0], ok=ok))
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_main(main))
+    sys.exit(run_main(main))

@@ -50,6 +50,16 @@ init_params, mlp_forward, cross_entropy = (forward.init_params, forward.mlp_forw
 mlp_backward, softmax_cross_entropy_backward = (backward.mlp_backward,
                                                 backward.softmax_cross_entropy_backward)
 minibatches, accuracy = common.minibatches, common.accuracy
+add_run_args, atomic_write = common.add_run_args, common.atomic_write
+check_writable_dir, clean_leftovers = common.check_writable_dir, common.clean_leftovers
+float_in, install_interrupt_handlers = common.float_in, common.install_interrupt_handlers
+int_in, load_mnist_limited = common.int_in, common.load_mnist_limited
+lock_folder, make_generator = common.lock_folder, common.make_generator
+parse_args, pick_device = common.parse_args, common.pick_device
+pyplot, restore_interrupt_handlers = common.pyplot, common.restore_interrupt_handlers
+result_line, run_main = common.result_line, common.run_main
+save_figure, save_json, show_progress = common.save_figure, common.save_json, common.show_progress
+train_val_split = common.train_val_split
 
 
 # ----------------------------------------------------------------------------- the training step
@@ -99,8 +109,7 @@ def train_epoch(params, velocity, X, y, config, generator, first_step, total_ste
     learning rate of this step, take one step. Each step's loss stays on the device; every
     check_every steps they are read back at once (one wait for the device, not one per step)
     and a NaN or infinity stops the run with FloatingPointError.
-    Needs: minibatches (common), augment_batch, learning_rate, train_step, train_step_,
-        fused_train_step_, tqdm, torch
+    Needs: torch, tqdm, minibatches (common), augment_batch, learning_rate, train_step
     """
     steps = -(-len(X) // config["batch_size"])
     losses = torch.empty(steps, device=X.device)  # (steps,)
@@ -315,7 +324,7 @@ def elastic_displacement(batch, generator, alpha, sigma, side, device="cpu"):
     alpha pixels per axis; the smoothing averages the noise, so the typical move is far
     smaller: its standard deviation is about alpha * 0.58 / (3.5 * sigma) pixels (0.8 px for
     alpha 20, sigma 4). The noise is drawn on the CPU, then smoothed on the device.
-    Needs: gaussian_matrix, torch, math
+    Needs: torch, gaussian_matrix
     """
     noise = torch.rand(batch, 2, side, side, generator=generator) * 2 - 1  # (B, 2, side, side)
     G = gaussian_matrix(side, sigma).to(device)  # (side, side)
@@ -344,7 +353,7 @@ def warp(x, theta, displacement=None):
     theta (B, 2, 3) as affine_theta makes; displacement None or (B, side, side, 2) in normalised
     units, added to the affine grid, so both cost one bilinear grid_sample. Reads outside the
     image give 0 (the background).
-    Needs: sampling_grid, torch, math
+    Needs: math, sampling_grid, F
     """
     B, side = x.shape[0], math.isqrt(x.shape[1])
     grid = sampling_grid(theta.to(x), side)  # (B, side, side, 2)
@@ -434,31 +443,35 @@ MAX_WEIGHTS = 200_000_000  # 0.8 GB of float32 weights: far past what this lesso
 
 
 def build_parser():
+    """The command line: every hyperparameter, the run modes, the shared flags -> parser.
+
+    Needs: argparse, PRESETS, int_in (common), N_TRAIN, float_in (common), add_run_args (common)
+    """
     parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", help=f"{', '.join(PRESETS)} (default: default)")
-    parser.add_argument("--hidden", type=common.int_in(1, 65_536), nargs="+",
+    parser.add_argument("--hidden", type=int_in(1, 65_536), nargs="+",
                         help="hidden widths, e.g. 512 128")
-    parser.add_argument("--epochs", type=common.int_in(1, 100_000))
-    parser.add_argument("--batch-size", type=common.int_in(1, N_TRAIN))
-    parser.add_argument("--lr", type=common.float_in(0, None, lo_open=True),
+    parser.add_argument("--epochs", type=int_in(1, 100_000))
+    parser.add_argument("--batch-size", type=int_in(1, N_TRAIN))
+    parser.add_argument("--lr", type=float_in(0, None, lo_open=True),
                         help="first learning rate")
-    parser.add_argument("--momentum", type=common.float_in(0, 1, hi_open=True),
+    parser.add_argument("--momentum", type=float_in(0, 1, hi_open=True),
                         help="0 for plain SGD")
-    parser.add_argument("--weight-decay", type=common.float_in(0, 1, hi_open=True),
+    parser.add_argument("--weight-decay", type=float_in(0, 1, hi_open=True),
                         help="L2 penalty on the weights")
-    parser.add_argument("--shift", type=common.int_in(0, 13),
+    parser.add_argument("--shift", type=int_in(0, 13),
                         help="move digits by up to N pixels (0: off)")
-    parser.add_argument("--rotate", type=common.float_in(0, 180),
+    parser.add_argument("--rotate", type=float_in(0, 180),
                         help="turn digits by up to D degrees (0: off)")
-    parser.add_argument("--scale", type=common.float_in(0, 1, hi_open=True),
+    parser.add_argument("--scale", type=float_in(0, 1, hi_open=True),
                         help="resize digits by up to this fraction (0: off)")
-    parser.add_argument("--elastic", type=common.float_in(0, 100),
+    parser.add_argument("--elastic", type=float_in(0, 100),
                         help="elastic distortion: largest move in pixels (0: off)")
-    parser.add_argument("--elastic-sigma", type=common.float_in(0.5, 28),
+    parser.add_argument("--elastic-sigma", type=float_in(0.5, 28),
                         help="smoothness of the elastic field in pixels (default 4)")
     parser.add_argument("--schedule", help="linear (decay to 0) or constant")
-    parser.add_argument("--val-size", type=common.int_in(0, N_TRAIN - 1),
+    parser.add_argument("--val-size", type=int_in(0, N_TRAIN - 1),
                         help="training digits held out for validation")
     parser.add_argument("--step", help="inplace (the default), pure or fused")
     parser.add_argument("--out", help="output folder (default: runs/<preset>/)")
@@ -468,18 +481,24 @@ def build_parser():
                         help="report the test accuracy of a checkpoint, train nothing")
     parser.add_argument("--ablation", action="store_true",
                         help="train README's ablation ladder (several seeds per rung)")
-    parser.add_argument("--seeds", type=common.int_in(1, 100), default=3,
+    parser.add_argument("--seeds", type=int_in(1, 100), default=3,
                         help="seeds per rung of --ablation (default 3)")
-    return common.add_run_args(parser, seed=None)  # --seed None: the preset's seed, 0
+    return add_run_args(parser, seed=None)  # --seed None: the preset's seed, 0
 
 
 def given_flags(args, names):
-    """The flags among names that were given on the command line, as '--flag' strings."""
+    """The flags among names that were given on the command line, as '--flag' strings.
+
+    Needs: nothing
+    """
     return ["--" + k.replace("_", "-") for k in names if getattr(args, k, None) is not None]
 
 
 def resolve_config(args):
-    """The preset (checked to exist), overridden by every flag given -> config dict."""
+    """The preset (checked to exist), overridden by every flag given -> config dict.
+
+    Needs: PRESETS, HYPERPARAMETERS, check_config
+    """
     preset = args.preset or "default"
     if preset not in PRESETS:
         hint = " (the notebook's recipe is --preset notebook)" if preset == "seed" else ""
@@ -492,7 +511,10 @@ def resolve_config(args):
 
 
 def check_config(config):
-    """Raise ValueError with one sentence for the first value that cannot work together."""
+    """Raise ValueError with one sentence for the first value that cannot work together.
+
+    Needs: N_TRAIN, N_INPUT, N_CLASSES, MAX_WEIGHTS, STEPS
+    """
     n_train = N_TRAIN if config["limit"] is None else config["limit"]
     sizes = [N_INPUT, *config["hidden"], N_CLASSES]
     n_weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
@@ -517,7 +539,10 @@ def check_config(config):
 
 
 def describe_config(config):
-    """One line: the network and the recipe."""
+    """One line: the network and the recipe.
+
+    Needs: N_INPUT, N_CLASSES
+    """
     net = "-".join(map(str, [N_INPUT, *config["hidden"], N_CLASSES]))
     parts = [net, f"momentum {config['momentum']:g}" if config["momentum"] else "plain SGD",
              f"lr {config['lr']:g} ({config['schedule']})", f"batch {config['batch_size']}",
@@ -536,7 +561,10 @@ def describe_config(config):
 # ----------------------------------------------------------------------------- files
 
 def save_checkpoint(path, params, velocity, config, epoch, generator, history):
-    """Write the run's state atomically: tensors and plain types only (weights_only loads it)."""
+    """Write the run's state atomically: tensors and plain types only (weights_only loads it).
+
+    Needs: CHECKPOINT_FORMAT, atomic_write (common), torch
+    """
     state = {
         "format": CHECKPOINT_FORMAT,
         "params": [p.detach().cpu().clone() for p in params],
@@ -546,11 +574,14 @@ def save_checkpoint(path, params, velocity, config, epoch, generator, history):
         "generator_state": generator.get_state(),
         "history": history,
     }
-    common.atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path):
-    """torch.load(weights_only=True) + checks of every field -> state; ValueError if not ours."""
+    """torch.load(weights_only=True) + checks of every field -> state; ValueError if not ours.
+
+    Needs: pathlib, torch, CHECKPOINT_FORMAT, check_config, N_INPUT, N_CLASSES
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no checkpoint at {path}; train first or give the path of checkpoint.pt.")
@@ -591,7 +622,10 @@ def load_checkpoint(path):
 
 
 def metrics_record(config, device, history, status, started, final=None):
-    """The metrics.json contents: config, per-epoch history, final accuracies, machine."""
+    """The metrics.json contents: config, per-epoch history, final accuracies, machine.
+
+    Needs: time, torch
+    """
     return {
         "status": status,  # running (after each epoch) or finished
         "config": config,
@@ -609,8 +643,11 @@ def metrics_record(config, device, history, status, started, final=None):
 # ----------------------------------------------------------------------------- pictures
 
 def plot_curves(history, path, title):
-    """curves.png: training loss and validation accuracy by epoch."""
-    plt = common.pyplot()
+    """curves.png: training loss and validation accuracy by epoch.
+
+    Needs: pyplot (common), save_figure (common)
+    """
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
     ax1.plot(epochs, [h["loss"] for h in history], "o-", ms=3,
@@ -628,12 +665,15 @@ def plot_curves(history, path, title):
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    common.save_figure(path, fig)
+    save_figure(path, fig)
 
 
 def plot_predictions(X, y, pred, path, title, n_first=40, n_mistakes=20):
-    """predictions.png: the first test digits, then some mistakes, marked in red."""
-    plt = common.pyplot()
+    """predictions.png: the first test digits, then some mistakes, marked in red.
+
+    Needs: pyplot (common), math, save_figure (common)
+    """
+    plt = pyplot()
     X, y, pred = X.numpy(), y.tolist(), pred.tolist()
     wrong = [i for i in range(len(y)) if pred[i] != y[i]][:n_mistakes]
     picks = list(range(min(n_first, len(y)))) + [i for i in wrong if i >= n_first]
@@ -651,12 +691,15 @@ def plot_predictions(X, y, pred, path, title, n_first=40, n_mistakes=20):
     fig.suptitle(f"{title}\nthe first {min(n_first, len(y))} test digits, then mistakes in "
                  "red: predicted (is true)", fontsize=9)
     fig.tight_layout()
-    common.save_figure(path, fig)
+    save_figure(path, fig)
 
 
 def plot_first_layer(W1, path, title, n_units=64):
-    """weights.png: the first n_units columns of W1 (784, n_1), each as a 28x28 image."""
-    plt = common.pyplot()
+    """weights.png: the first n_units columns of W1 (784, n_1), each as a 28x28 image.
+
+    Needs: pyplot (common), math, save_figure (common)
+    """
+    plt = pyplot()
     W = W1[:, :n_units].T.cpu().numpy()  # (units, 784)
     side, cols = math.isqrt(W.shape[1]), 16
     rows = -(-len(W) // cols)
@@ -669,17 +712,23 @@ def plot_first_layer(W1, path, title, n_units=64):
     fig.suptitle(f"{title}\nfirst-layer units as 28x28 images (red +, blue -, each on its "
                  "own scale)", fontsize=9)
     fig.tight_layout()
-    common.save_figure(path, fig)
+    save_figure(path, fig)
 
 
 def confusion_matrix(y, pred, n_classes=N_CLASSES):
-    """y (N,), pred (N,) int64 -> counts (n_classes, n_classes): row = true, column = predicted."""
+    """y (N,), pred (N,) int64 -> counts (n_classes, n_classes): row = true, column = predicted.
+
+    Needs: N_CLASSES, torch
+    """
     return torch.bincount(y * n_classes + pred, minlength=n_classes**2).view(n_classes, n_classes)
 
 
 def plot_confusion(counts, path, title):
-    """confusion.png: the test set's confusion matrix with counts, the diagonal dimmed."""
-    plt = common.pyplot()
+    """confusion.png: the test set's confusion matrix with counts, the diagonal dimmed.
+
+    Needs: pyplot (common), save_figure (common)
+    """
+    plt = pyplot()
     C = len(counts)
     off = counts.clone().fill_diagonal_(0)
     fig, ax = plt.subplots(figsize=(5.6, 5.0))
@@ -693,16 +742,19 @@ def plot_confusion(counts, path, title):
     ax.set_title(f"{title}\ntest mistakes: {off.sum().item()} of {counts.sum().item()}",
                  fontsize=9)
     fig.tight_layout()
-    common.save_figure(path, fig)
+    save_figure(path, fig)
 
 
 # ----------------------------------------------------------------------------- runs
 
 def prepare_data(config, device):
-    """The run's data and generator: split first, so the split is the seed's first draw."""
-    X_all, y_all, X_test, y_test = common.load_mnist_limited(device, config["limit"])
-    generator = common.make_generator(config["seed"])
-    X_train, y_train, X_val, y_val = common.train_val_split(X_all, y_all, config["val_size"],
+    """The run's data and generator: split first, so the split is the seed's first draw.
+
+    Needs: load_mnist_limited (common), make_generator (common), train_val_split (common)
+    """
+    X_all, y_all, X_test, y_test = load_mnist_limited(device, config["limit"])
+    generator = make_generator(config["seed"])
+    X_train, y_train, X_val, y_val = train_val_split(X_all, y_all, config["val_size"],
                                                             generator)
     return (X_train, y_train, X_val, y_val, X_test, y_test), generator
 
@@ -713,6 +765,8 @@ def fit(config, data, generator, state=None, on_epoch=None, progress=False, log=
     After each epoch: check that every parameter, and the loss on 1,000 training digits, is
     finite (a divergence on an epoch's last update shows only here), score the validation
     digits, log one line, call on_epoch (which saves the checkpoint).
+    Needs: init_params (02), N_INPUT, N_CLASSES, init_velocity, time, train_epoch, STEPS,
+        cross_entropy (02), mlp_forward (02), all_finite, evaluate
     """
     X_train, y_train, X_val, y_val = data[:4]
     device = X_train.device
@@ -756,12 +810,17 @@ def fit(config, data, generator, state=None, on_epoch=None, progress=False, log=
 
 
 def train(config, device, out, state, progress, started, signals):
-    """The training run -> exit status. Files in out/ change only after a finished epoch."""
+    """The training run -> exit status. Files in out/ change only after a finished epoch.
+
+    Needs: prepare_data, save_json (common), metrics_record, describe_config, save_checkpoint,
+        fit, evaluate, predict, plot_curves, plot_predictions, plot_first_layer,
+        plot_confusion, confusion_matrix, result_line (common)
+    """
     data, generator = prepare_data(config, device)
     X_train, y_train, X_val, y_val, X_test, y_test = data
     if state is not None:
         print(f"resuming {out} after epoch {len(state['history'])}")
-        common.save_json(out / "metrics.json", metrics_record(
+        save_json(out / "metrics.json", metrics_record(
             config, device, state["history"], "running", started))  # never behind the checkpoint
     print(f"{describe_config(config)}\n{len(X_train):,} training, {len(X_val):,} validation, "
           f"{len(X_test):,} test digits on {device}")
@@ -769,7 +828,7 @@ def train(config, device, out, state, progress, started, signals):
     def save(params, velocity, epoch, history):
         save_checkpoint(out / "checkpoint.pt", params, velocity, config, epoch, generator,
                         history)
-        common.save_json(out / "metrics.json",
+        save_json(out / "metrics.json",
                          metrics_record(config, device, history, "running", started))
 
     params, velocity, history = fit(config, data, generator, state, save, progress)
@@ -787,42 +846,50 @@ def train(config, device, out, state, progress, started, signals):
     final = {"train_accuracy": train_acc, "val_accuracy": val_acc, "test_accuracy": test_acc,
              "test_loss": test_loss}
     record = metrics_record(config, device, history, "finished", started, final)
-    common.save_json(out / "metrics.json", record)
+    save_json(out / "metrics.json", record)
     val = "" if val_acc is None else f" | val {val_acc:.2%}"
     print(f"train accuracy {train_acc:.2%}{val} | test {test_acc:.2%} | "
           f"{record['train_seconds']:.1f} s in the epochs, {record['total_seconds']:.1f} s "
           "in all (data, evaluation and pictures included)")
     print(f"wrote {out}: metrics.json, checkpoint.pt, curves.png, predictions.png, weights.png, "
           "confusion.png")
-    print(common.result_line(test_accuracy=test_acc, val_accuracy=val_acc,
+    print(result_line(test_accuracy=test_acc, val_accuracy=val_acc,
                              train_accuracy=train_acc, train_seconds=record["train_seconds"],
                              epochs=config["epochs"]))
     return 0
 
 
 def run_eval(args):
-    """--eval: the test accuracy of a saved checkpoint."""
+    """--eval: the test accuracy of a saved checkpoint.
+
+    Needs: given_flags, HYPERPARAMETERS, pick_device (common), load_checkpoint,
+        load_mnist_limited (common), torch, evaluate, describe_config, result_line (common)
+    """
     extra = given_flags(args, [k for k in HYPERPARAMETERS if k not in ("limit",)] + ["preset"])
     if args.resume or args.out is not None or args.ablation:
         extra += ["--resume"] * args.resume + ["--out"] * (args.out is not None) + [
             "--ablation"] * args.ablation
     if extra:
         raise ValueError(f"--eval only reads a checkpoint; drop {', '.join(extra)}.")
-    device = common.pick_device(args.device)
+    device = pick_device(args.device)
     state = load_checkpoint(args.eval)
-    X_test, y_test = common.load_mnist_limited(device, args.limit)[2:]
+    X_test, y_test = load_mnist_limited(device, args.limit)[2:]
     with torch.inference_mode():
         params = tuple(p.to(device) for p in state["params"])
         loss, acc = evaluate(params, X_test, y_test)
     print(f"{args.eval}: {describe_config(state['config'])}, trained {state['epoch']} epochs")
     print(f"test accuracy {acc:.2%} on {len(y_test):,} digits (loss {loss:.4f})")
-    print(common.result_line(test_accuracy=acc, test_loss=loss, epochs=state["epoch"]))
+    print(result_line(test_accuracy=acc, test_loss=loss, epochs=state["epoch"]))
     return 0
 
 
 def prepare(args):
-    """Everything that can fail on bad input, before any work -> (config, device, out)."""
-    device = common.pick_device(args.device)
+    """Everything that can fail on bad input, before any work -> (config, device, out).
+
+    Needs: pick_device (common), given_flags, HYPERPARAMETERS, PRESETS, resolve_config,
+        pathlib, check_writable_dir (common)
+    """
+    device = pick_device(args.device)
     if args.resume:
         given = given_flags(args, HYPERPARAMETERS)
         if given:
@@ -839,11 +906,15 @@ def prepare(args):
     if args.resume and not (Path(out) / "checkpoint.pt").is_file():
         raise ValueError(f"no checkpoint at {Path(out) / 'checkpoint.pt'}; train first, or give "
                          "the run's folder with --out.")
-    out = common.check_writable_dir(out)  # created and probed before any training
+    out = check_writable_dir(out)  # created and probed before any training
     return config, device, out
 
 
 def interrupted_message(args, out):
+    """The sentence an interrupted run ends with: what is on disk and how to go on.
+
+    Needs: nothing
+    """
     done = "no checkpoint yet"
     if (out / "checkpoint.pt").is_file():
         done = f"{out / 'checkpoint.pt'} holds the last finished epoch"
@@ -853,17 +924,24 @@ def interrupted_message(args, out):
 
 
 def main(argv=None):
+    """Run this lesson from the command line -> exit status.
+
+    Needs: time, parse_args (common), build_parser, run_eval, run_ablation, prepare,
+        install_interrupt_handlers (common), lock_folder (common), clean_leftovers (common),
+        load_checkpoint, torch, train, show_progress (common), sys, interrupted_message,
+        restore_interrupt_handlers (common)
+    """
     started = time.perf_counter()
-    args = common.parse_args(build_parser(), argv)
+    args = parse_args(build_parser(), argv)
     if args.eval is not None:
         return run_eval(args)
     if args.ablation:
         return run_ablation(args)
     config, device, out = prepare(args)
-    signals = common.install_interrupt_handlers()
+    signals = install_interrupt_handlers()
     try:
-        with common.lock_folder(out):
-            common.clean_leftovers(out)
+        with lock_folder(out):
+            clean_leftovers(out)
             state = None
             if args.resume:
                 state = load_checkpoint(out / "checkpoint.pt")
@@ -872,7 +950,7 @@ def main(argv=None):
                     raise ValueError(f"{out} holds a run of preset {config['preset']!r}, not "
                                      f"{args.preset!r}; drop --preset or give its folder.")
             with torch.inference_mode():
-                return train(config, device, out, state, common.show_progress(args.no_progress),
+                return train(config, device, out, state, show_progress(args.no_progress),
                              started, signals)
     except FloatingPointError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -881,7 +959,7 @@ def main(argv=None):
         print(interrupted_message(args, out), file=sys.stderr)
         return 130
     finally:
-        common.restore_interrupt_handlers(signals)
+        restore_interrupt_handlers(signals)
 
 
 # ----------------------------------------------------------------------------- the ablation
@@ -902,7 +980,10 @@ ABLATION = (
 
 
 def ablation_configs(seed):
-    """-> [(label, config)] for each rung, cumulative from PRESETS['notebook']."""
+    """-> [(label, config)] for each rung, cumulative from PRESETS['notebook'].
+
+    Needs: PRESETS, ABLATION
+    """
     config = dict(PRESETS["notebook"], seed=seed, limit=None, step="inplace", preset="notebook")
     rungs = []
     for label, change in ABLATION:
@@ -912,7 +993,10 @@ def ablation_configs(seed):
 
 
 def command_for(config):
-    """The shortest command line that trains config: a preset plus the flags that differ."""
+    """The shortest command line that trains config: a preset plus the flags that differ.
+
+    Needs: PRESETS, HYPERPARAMETERS
+    """
     options = []
     for preset in PRESETS:
         flags = [f"--preset {preset}"] if preset != "default" else []
@@ -928,14 +1012,20 @@ def command_for(config):
 
 
 def mean_std(values):
-    """-> (mean, sample standard deviation; 0 for a single value)."""
+    """-> (mean, sample standard deviation; 0 for a single value).
+
+    Needs: math
+    """
     m = sum(values) / len(values)
     var = sum((v - m) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
     return m, math.sqrt(var)
 
 
 def ablation_table(runs):
-    """Markdown rows: rung, val and test accuracy (mean +- std over seeds), seconds, command."""
+    """Markdown rows: rung, val and test accuracy (mean +- std over seeds), seconds, command.
+
+    Needs: ABLATION, mean_std, command_for
+    """
     lines = ["| rung | change | val accuracy | test accuracy | seconds (training) | seeds | "
              "command |",
              "|---:|---|---:|---:|---:|---:|---|"]
@@ -957,21 +1047,26 @@ def run_ablation(args):
 
     Finished runs are kept in ablation.json after each one, so an interrupted ablation goes
     on where it stopped when started again (a run is redone only if its config changed).
+    Needs: given_flags, HYPERPARAMETERS, pick_device (common), pathlib,
+        check_writable_dir (common), install_interrupt_handlers (common), lock_folder (common),
+        clean_leftovers (common), json, sys, ablation_configs, torch, prepare_data, fit,
+        show_progress (common), evaluate, save_json (common), ABLATION,
+        restore_interrupt_handlers (common), ablation_table, mean_std, result_line (common)
     """
     extra = given_flags(args, [k for k in HYPERPARAMETERS if k not in ("limit", "step")])
     if args.preset is not None or args.resume:
         extra += ["--preset"] * (args.preset is not None) + ["--resume"] * args.resume
     if extra:
         raise ValueError(f"--ablation trains its own fixed ladder; drop {', '.join(extra)}.")
-    device = common.pick_device(args.device)
+    device = pick_device(args.device)
     default = Path(__file__).resolve().parent / "runs" / "ablation"
-    out = common.check_writable_dir(args.out if args.out is not None else default)
+    out = check_writable_dir(args.out if args.out is not None else default)
     path = out / "ablation.json"
     seeds = list(range(args.seeds))
-    signals = common.install_interrupt_handlers()
+    signals = install_interrupt_handlers()
     try:
-        with common.lock_folder(out):
-            common.clean_leftovers(out)
+        with lock_folder(out):
+            clean_leftovers(out)
             done = []
             if path.is_file():
                 try:
@@ -990,13 +1085,13 @@ def run_ablation(args):
                 with torch.inference_mode():
                     data, generator = prepare_data(config, device)
                     params, _, history = fit(config, data, generator, log=lambda line: None,
-                                             progress=common.show_progress(args.no_progress))
+                                             progress=show_progress(args.no_progress))
                     _, test_acc = evaluate(params, data[4], data[5])
                 runs.append({"rung": i, "seed": seed, "label": label, "config": config,
                              "val_accuracy": history[-1]["val_accuracy"],
                              "test_accuracy": test_acc,
                              "train_seconds": sum(h["seconds"] for h in history)})
-                common.save_json(path, {"rungs": [label for label, _ in ABLATION], "runs": runs,
+                save_json(path, {"rungs": [label for label, _ in ABLATION], "runs": runs,
                                         "device": str(device), "torch": torch.__version__,
                                         "threads": torch.get_num_threads()})
                 r = runs[-1]
@@ -1012,16 +1107,16 @@ def run_ablation(args):
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
-        common.restore_interrupt_handlers(signals)
+        restore_interrupt_handlers(signals)
     print(ablation_table(runs))
     print(f"wrote {path}")
     best = max(range(len(ABLATION)), key=lambda i: mean_std(
         [r["val_accuracy"] for r in runs if r["rung"] == i])[0])
     test = mean_std([r["test_accuracy"] for r in runs if r["rung"] == best])[0]
-    print(common.result_line(rungs=len(ABLATION), seeds=len(seeds), best_rung=best,
+    print(result_line(rungs=len(ABLATION), seeds=len(seeds), best_rung=best,
                              best_test_accuracy=test))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_main(main))
+    sys.exit(run_main(main))

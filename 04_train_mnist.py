@@ -235,7 +235,7 @@ def fused_train_step_(params, velocity, x, y, lr, momentum, weight_decay=0.0):
 # Every epoch the network sees each digit slightly moved, turned, resized or bent, so it
 # cannot memorise exact pixel positions. Each image gets its own random distortion, drawn
 # from the run's generator (same seed, same distortions), and the whole batch is resampled
-# at once on the device: no per-image Python loop, no autograd.
+# at once on the device: no per-image Python loop, no gradient machinery.
 
 def augment_batch(xb, config, generator):
     """The run's augmentation of one batch xb (B, 784) -> (B, 784) (xb itself when off).

@@ -52,15 +52,24 @@ def test_03_checks_gradients_and_times_the_jacobian_route(capsys):
     result = result_of(out)
     assert result["ok"] == "true" and float(result["max_rel_error"]) < 1e-6
     assert float(result["jacobian_max_diff"]) < 1e-12
-    assert "W4" in out and "verdict: every gradient checks out" in out
+    assert "W4" in out and "verdict: every check passed" in out
+    assert "delta_1           128x512" in out  # the shape walkthrough
 
 
 @pytest.mark.parametrize("lesson, args, words", [
-    ("01_logistic_regression", ["--lr", "0"], "--lr positive"),
-    ("01_logistic_regression", ["--epochs", "0"], "must be at least 1"),
+    ("01_logistic_regression", ["--lr", "0"], "argument --lr: must be a finite number above 0"),
+    ("01_logistic_regression", ["--lr", "inf"], "argument --lr: must be a finite number"),
+    ("01_logistic_regression", ["--epochs", "0"], "argument --epochs: must be a whole number"),
+    ("01_logistic_regression", ["--limit", "0"], "argument --limit: must be a whole number"),
+    ("01_logistic_regression", ["--limit", "-3"], "argument --limit: must be a whole number"),
+    ("01_logistic_regression", ["--seed", "99999999999999999999999"], "argument --seed"),
+    ("02_mlp_forward", ["--sizes", "784", "3000000000"], "argument --sizes: must be a whole"),
+    ("02_mlp_forward", ["--sizes", "784", "60000", "60000"], "would need 3,647,040,000"),
+    ("03_mlp_backward", ["--tolerance", "nan"], "argument --tolerance: must be a finite"),
+    ("03_mlp_backward", ["--tolerance", "-1"], "argument --tolerance: must be a finite"),
     ("02_mlp_forward", ["--sizes", "784"], "--sizes must start with 784"),
     ("02_mlp_forward", ["--device", "tpu"], "unknown device 'tpu'"),
-    ("03_mlp_backward", ["--repeats", "0"], "--repeats must be at least 1"),
+    ("03_mlp_backward", ["--repeats", "0"], "argument --repeats: must be a whole number"),
 ])
 def test_bad_arguments_give_one_sentence_and_status_2(lesson, args, words, capsys):
     assert run(lesson, *args) == 2

@@ -536,7 +536,8 @@ def small_config():
     """A training config of lesson 04 for tiny images of 4 x 4 pixels."""
     return {"hidden": [6], "epochs": 2, "batch_size": 8, "lr": 0.1, "momentum": 0.9,
             "weight_decay": 0.01, "schedule": "linear", "val_size": 0, "shift": 1,
-            "rotate": 5.0, "scale": 0.1, "elastic": 0.0, "elastic_sigma": 4.0, "seed": 0,
+            "rotate": 5.0, "scale": 0.1, "elastic": 0.0, "elastic_sigma": 4.0, "smoothing": 0.1,
+            "seed": 0,
             "limit": None, "step": "inplace", "preset": "default"}
 
 
@@ -631,6 +632,8 @@ EXAMPLES = {
     "04:momentum_step": lambda: ((P(), P(seed=2), P(seed=3), 0.1, 0.9), {}),
     "04:momentum_step_": lambda: ((P(), P(seed=2), P(seed=3), 0.1, 0.9), {"weight_decay": 0.01}),
     "04:add_weight_decay": lambda: ((P(seed=3), P(), 0.01), {}),
+    "04:smoothed_cross_entropy": lambda: ((randn(6, 3), labels(6, 3), 0.1), {}),
+    "04:smoothed_cross_entropy_backward": lambda: ((randn(6, 3), labels(6, 3), 0.1), {}),
     "04:learning_rate": lambda: ((small_config(), 5, 20), {}),
     "04:fused_train_step_": lambda: ((P(), P(seed=2), X.clone(), Y.clone(), 0.1, 0.9),
                                      {"weight_decay": 0.01}),

@@ -66,10 +66,10 @@ def test_update_functions_are_pure():
     assert isinstance(new_p2, tuple) and len(new_v2) == len(params) and loss.dim() == 0
 
 
-@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.9, 5e-3),
-                                                    (0.0, 5e-3)])
+@pytest.mark.parametrize("momentum, weight_decay, smoothing", [
+    (0.0, 0.0, 0.0), (0.9, 0.0, 0.0), (0.9, 5e-3, 0.0), (0.0, 5e-3, 0.0), (0.9, 5e-3, 0.1)])
 @pytest.mark.parametrize("step", ["train_step_", "fused_train_step_"])
-def test_in_place_steps_equal_the_pure_step(step, momentum, weight_decay):
+def test_in_place_steps_equal_the_pure_step(step, momentum, weight_decay, smoothing):
     params, x, y = random_problem(seed=3)
     params = tuple(p.double() for p in params)
     x = x.double()
@@ -78,11 +78,26 @@ def test_in_place_steps_equal_the_pure_step(step, momentum, weight_decay):
     mine_p, mine_v = [p.clone() for p in params], [v.clone() for v in velocity]
     for _ in range(4):  # a few steps, so the velocity matters
         pure_p, pure_v, pure_loss = train.train_step(pure_p, pure_v, x, y, 0.1, momentum,
-                                                     weight_decay)
-        loss = getattr(train, step)(mine_p, mine_v, x, y, 0.1, momentum, weight_decay)
+                                                     weight_decay, smoothing)
+        loss = getattr(train, step)(mine_p, mine_v, x, y, 0.1, momentum, weight_decay,
+                                    smoothing)
         assert abs(pure_loss.item() - loss.item()) < 1e-12
     for a, b in zip((*pure_p, *pure_v), (*mine_p, *mine_v)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5])
+def test_smoothed_cross_entropy_backward_matches_autograd(smoothing):
+    g = torch.Generator().manual_seed(4)
+    logits = 3 * torch.randn(7, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (7,), generator=g)
+    z = logits.clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad(train.smoothed_cross_entropy(z, y, smoothing), z)
+    ours = train.smoothed_cross_entropy_backward(logits, y, smoothing)
+    assert ((ours - ref).abs().max() / ref.abs().max()).item() < 1e-12
+    torch_loss = torch.nn.functional.cross_entropy(logits, y, label_smoothing=smoothing)
+    ours_loss = train.smoothed_cross_entropy(logits, y, smoothing)
+    assert abs(ours_loss.item() - torch_loss.item()) < 1e-12
 
 
 def test_init_velocity_is_zeros_shaped_like_the_parameters():

@@ -632,6 +632,7 @@ EXAMPLES = {
     "04:momentum_step": lambda: ((P(), P(seed=2), P(seed=3), 0.1, 0.9), {}),
     "04:momentum_step_": lambda: ((P(), P(seed=2), P(seed=3), 0.1, 0.9), {"weight_decay": 0.01}),
     "04:add_weight_decay": lambda: ((P(seed=3), P(), 0.01), {}),
+    "04:mosaic": lambda: ((randn(3, 4, 4, dtype=torch.float32), 2), {"gap": 1, "fill": 0.0}),
     "04:smoothed_cross_entropy": lambda: ((randn(6, 3), labels(6, 3), 0.1), {}),
     "04:smoothed_cross_entropy_backward": lambda: ((randn(6, 3), labels(6, 3), 0.1), {}),
     "04:learning_rate": lambda: ((small_config(), 5, 20), {}),

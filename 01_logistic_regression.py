@@ -120,7 +120,7 @@ def logreg_backward(x, z, y):
     B = x.shape[0]
     t = one_hot(y, 2, z.dtype)[:, 1]  # (B,) float targets, refusing labels as the loss does
     # dL/dp = (p - t) / (B p (1 - p)) and dp/dz = p (1 - p): the product is (p - t) / B,
-    # "prediction minus truth" (docs/01_logistic_regression.md, steps 1-8).
+    # "prediction minus truth" (docs/01_logistic_regression.md, steps 1-12).
     dz = (sigmoid(z) - t) / B  # (B,)
     return x.T @ dz, dz.sum().reshape(1)  # (D,), (1,): z = x @ w + b, as in any linear layer
 

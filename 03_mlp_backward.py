@@ -171,13 +171,13 @@ def random_params(sizes, generator, dtype=torch.float64, device="cpu"):
                  for p in params)
 
 
-def with_entry(params, k, entry, delta):
-    """A copy of params whose tensor k has delta added at flat position entry.
+def with_entry(params, k, entry, nudge):
+    """A copy of params whose tensor k has nudge added at flat position entry.
 
     Needs: nothing
     """
     p = params[k].clone()
-    p.view(-1)[entry] += delta
+    p.view(-1)[entry] += nudge
     return params[:k] + (p,) + params[k + 1:]
 
 
@@ -192,35 +192,39 @@ def finite_difference(params, x, y, k, entry, eps):
         2 * eps)
 
 
-def relative_error(analytic, numeric):
-    """max |a - n| / max(|a|, |n|) over the sampled entries of one tensor (lists of floats);
-    0 where all are 0, inf where any is not finite.
+def relative_error(analytic, numeric, floor=1e-3):
+    """max |a - n| / max(|a|, |n|, floor) over the sampled entries of one tensor (lists of
+    floats); inf where any is not finite.
 
     One scale per tensor, so that an entry whose gradient is (rightly) about 0 is judged
-    against the tensor's size, not against its own rounding noise.
+    against the tensor's size, not against its own rounding noise; and a tensor whose sampled
+    gradients are all tiny (a saturated softmax gives 1e-8) is judged against floor, so that
+    finite differences' rounding (about 1e-10) does not count as an error.
     Needs: math
     """
     if not all(math.isfinite(v) for v in analytic + numeric):
         return math.inf
-    scale = max(abs(v) for v in analytic + numeric)
-    return max(abs(a - n) for a, n in zip(analytic, numeric)) / scale if scale > 0 else 0.0
+    scale = max([abs(v) for v in analytic + numeric] + [floor])
+    return max(abs(a - n) for a, n in zip(analytic, numeric)) / scale
 
 
 def gradient_check(sizes, generator, device, backward=None, batch=4, entries=6, eps=1e-6,
-                   x_scale=1.0):
+                   largest_logit=None):
     """Compare a backward pass (mlp_backward unless given) with finite differences on a few
     random entries of every parameter tensor of a random float64 network.
 
     Returns one row per tensor: (name, shape, max abs diff, max relative error, problem),
-    problem being None or a few words (a wrong shape, say). x_scale scales the inputs, so
-    that the logits can be made large.
+    problem being None or a few words (a wrong shape, say). With largest_logit, the inputs
+    are scaled so that the largest logit is about that (a ReLU network scales linearly with
+    its input apart from the biases, so three rescalings get close).
     Needs: mlp_backward, random_params, torch, mlp_forward (02), math, finite_difference,
         relative_error
     """
     backward = backward or mlp_backward
     params = random_params(sizes, generator, device=device)
-    x = x_scale * torch.randn(batch, sizes[0], generator=generator, dtype=torch.float64)
-    x = x.to(device)
+    x = torch.randn(batch, sizes[0], generator=generator, dtype=torch.float64).to(device)
+    for _ in range(3 if largest_logit is not None else 0):  # the biases make it inexact
+        x = x * (largest_logit / mlp_forward(params, x)[0].max().clamp_min(1e-3))
     y = torch.randint(0, sizes[-1], (batch,), generator=generator).to(device)
     grads = backward(params, mlp_forward(params, x)[1], y)
     rows = []
@@ -240,11 +244,13 @@ def gradient_check(sizes, generator, device, backward=None, batch=4, entries=6, 
     return rows
 
 
-# The networks the check runs on, (sizes, input scale, eps): depths 1 to 4, then one whose
-# inputs are scaled so that its logits pass 1,000 (where an unshifted softmax overflows, even
+# The networks the check runs on, (sizes, largest logit, eps): depths 1 to 4, then one whose
+# inputs are scaled so that its logits reach 2,000 (where an unshifted softmax overflows, even
 # in float64); its loss is in the thousands too, so a larger eps keeps rounding small.
-CHECK_NETWORKS = (([6, 4], 1.0, 1e-6), ([6, 5, 4], 1.0, 1e-6), ([7, 6, 5, 4], 1.0, 1e-6),
-                  ([8, 7, 6, 5, 3], 1.0, 1e-6), ([8, 7, 6, 5, 3], 1000.0, 1e-4))
+# Every network ends in 3 classes while the batch is 4, so delta is never square and a wrong
+# transpose or sum over the wrong axis cannot slip through with the right shape.
+CHECK_NETWORKS = (([6, 3], None, 1e-6), ([6, 5, 3], None, 1e-6), ([7, 6, 5, 3], None, 1e-6),
+                  ([8, 7, 6, 5, 3], None, 1e-6), ([8, 7, 6, 5, 3], 2000.0, 1e-4))
 
 
 def run_gradient_check(generator, device, tolerance, backward=None):
@@ -254,10 +260,10 @@ def run_gradient_check(generator, device, tolerance, backward=None):
     """
     print(f"   {'network':<18}{'tensor':<7}{'shape':>7}{'max |diff|':>13}{'rel error':>12}  ok?")
     worst, ok = 0.0, True
-    for sizes, scale, eps in CHECK_NETWORKS:
-        net = "-".join(map(str, sizes)) + (f" x{scale:g}" if scale != 1 else "")
-        for name, shape, diff, rel, problem in gradient_check(sizes, generator, device,
-                                                              backward, eps=eps, x_scale=scale):
+    for sizes, largest, eps in CHECK_NETWORKS:
+        net = "-".join(map(str, sizes)) + (f" z~{largest:g}" if largest else "")
+        for name, shape, diff, rel, problem in gradient_check(sizes, generator, device, backward,
+                                                              eps=eps, largest_logit=largest):
             good = problem is None and rel < tolerance
             worst, ok = max(worst, rel), ok and good
             verdict = "ok" if good else f"FAIL{': ' + problem if problem else ''}"
@@ -418,13 +424,15 @@ BUGS = {
                        "of delta, not one row of it."),
     "no-relu-mask": ("the ReLU's mask forgotten: dL/dZ = dL/dH",
                      {"relu_bw": bug_no_relu_mask},
-                     "The last layer (W and b) is right; the earlier layers go wrong, since "
-                     "the error enters on the way back through the first ReLU (a unit that was "
-                     "on for every example of the batch hides it). Units that were "
+                     "The last layer (W and b) is right and the earlier layers usually go wrong, "
+                     "since the error enters on the way back through the first ReLU; a tensor "
+                     "can still pass when its sampled entries only met units that were on, and "
+                     "the one-layer network has no ReLU at all. Units that were "
                      "off (Z <= 0) did not change the loss, so no gradient may pass them."),
     "mask-from-gradient": ("the ReLU's mask taken from dL/dH > 0 instead of H > 0",
                            {"relu_bw": bug_mask_from_gradient},
-                           "Again the last layer is right and the earlier ones are wrong. The "
+                           "Again the last layer is right and the earlier ones usually fail (a "
+                           "tensor can pass by luck of the sampled entries). The "
                            "mask is relu's derivative at Z, a property of the forward pass: "
                            "whether the unit was on, not which way the gradient points."),
     "softmax-as-sigmoid": ("the notebook's route with only the Jacobian's diagonal P(1 - P)",
@@ -434,8 +442,8 @@ BUGS = {
                            "of J carry the push-down of the wrong classes."),
     "no-max-shift": ("softmax without the max shift, on large logits",
                      {"dlogits_fn": bug_no_max_shift},
-                     "The small networks pass; only the x1000 network, whose logits reach the "
-                     "thousands, fails with inf/NaN gradients. exp(z) overflows above ~709 in "
+                     "The small networks pass; only the z~2000 network, whose logits reach "
+                     "2,000, fails with inf/NaN gradients. exp(z) overflows above ~709 in "
                      "float64 (~88 in float32), while exp(z - max z) <= 1 never does."),
 }
 

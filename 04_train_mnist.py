@@ -64,7 +64,7 @@ save_figure, save_json, show_progress = common.save_figure, common.save_json, co
 train_val_split = common.train_val_split
 
 
-# ----------------------------------------------------------------------------- the training step
+# ----------------------------------------------------------------------------- the step and the loop
 
 def train_step(params, velocity, x, y, lr, momentum, weight_decay=0.0, smoothing=0.0):
     """Forward, backward, update -> (new params, new velocity, loss); the inputs stay unchanged.
@@ -142,6 +142,56 @@ def train_epoch(params, velocity, X, y, config, generator, first_step, total_ste
             checked = s + 1
     bar.close()
     return params, velocity, losses.mean().item()
+
+
+def fit(config, data, generator, state=None, on_epoch=None, progress=False, log=print):
+    """Train for the config's epochs (from state's, if resuming) -> (params, velocity, history).
+
+    After each epoch: check that every parameter, and the loss on 1,000 training digits, is
+    finite (a divergence on an epoch's last update shows only here), score the validation
+    digits, log one line, call on_epoch (which saves the checkpoint).
+    Needs: init_params (02), N_INPUT, N_CLASSES, init_velocity, time, train_epoch, STEPS,
+        cross_entropy (02), mlp_forward (02), all_finite, evaluate
+    """
+    X_train, y_train, X_val, y_val = data[:4]
+    device = X_train.device
+    if state is None:
+        params = init_params([N_INPUT, *config["hidden"], N_CLASSES], generator, device=device)
+        velocity, history = init_velocity(params), []
+    else:
+        params = tuple(p.to(device) for p in state["params"])
+        velocity = tuple(v.to(device) for v in state["velocity"])
+        generator.set_state(state["generator_state"])
+        history = list(state["history"])
+    steps_per_epoch = -(-len(X_train) // config["batch_size"])
+    total_steps = config["epochs"] * steps_per_epoch
+    width = len(str(config["epochs"]))
+    for epoch in range(len(history) + 1, config["epochs"] + 1):
+        tic = time.perf_counter()
+        try:
+            params, velocity, loss = train_epoch(params, velocity, X_train, y_train, config,
+                                                 generator, (epoch - 1) * steps_per_epoch,
+                                                 total_steps, STEPS[config["step"]], progress)
+        except FloatingPointError as err:
+            raise FloatingPointError(str(err).replace(" at step ", f" at epoch {epoch}, step ",
+                                                      1)) from None
+        # The step losses were taken before each update; the last update shows only here.
+        probe = cross_entropy(mlp_forward(params, X_train[:1000])[0], y_train[:1000])
+        if not all_finite(params + velocity + (probe,)):
+            raise FloatingPointError(
+                f"the parameters became infinite or NaN during epoch {epoch} (lr "
+                f"{config['lr']:g}); training stopped and no checkpoint was written for this "
+                "epoch: try a lower --lr (e.g. a tenth).")
+        val_loss, val_acc = evaluate(params, X_val, y_val)  # .item() waits for the device
+        seconds = time.perf_counter() - tic
+        history.append({"epoch": epoch, "loss": loss, "val_loss": val_loss,
+                        "val_accuracy": val_acc, "seconds": seconds})
+        val = "" if val_acc is None else f" | val {val_acc:6.2%}"
+        log(f"epoch {epoch:>{width}}/{config['epochs']} | loss {loss:.4f}{val} | "
+            f"{seconds:5.1f} s")
+        if on_epoch:
+            on_epoch(params, velocity, epoch, history)
+    return params, velocity, history
 
 
 # ----------------------------------------------------------------------------- updates
@@ -233,38 +283,6 @@ def learning_rate(config, step, total_steps):
     return linear_decay(config["lr"], step, total_steps)
 
 
-def fused_train_step_(params, velocity, x, y, lr, momentum, weight_decay=0.0, smoothing=0.0):
-    """train_step_ with each gradient fused into its update -> loss. Faster, harder to read.
-
-    The same math as train_step (tested equal), but no gradient tuple is ever built: each
-    layer's dW goes straight into its velocity (or weight) through one addmm_, which computes
-    out = beta * out + alpha * (H^T @ delta) without storing H^T @ delta. dL/dH_{l-1} is
-    computed before W_l changes, so every gradient still sees the old parameters. The same
-    restrictions on params and velocity as train_step_.
-    Needs: mlp_forward (02), smoothed_cross_entropy, smoothed_cross_entropy_backward
-    """
-    logits, cache = mlp_forward(params, x)
-    loss = smoothed_cross_entropy(logits, y, smoothing)
-    dz = smoothed_cross_entropy_backward(logits, y, smoothing)  # delta_n (B, C)
-    for i in range(len(params) // 2 - 1, -1, -1):
-        W, b, h = params[2 * i], params[2 * i + 1], cache[i]  # h: the layer's input H_{l-1}
-        dh = dz @ W.T if i > 0 else None  # (B, in), from the old W
-        if momentum:
-            vW, vb = velocity[2 * i], velocity[2 * i + 1]
-            vW.addmm_(h.T, dz, beta=momentum)  # vW = momentum * vW + H^T delta
-            if weight_decay:
-                vW.add_(W, alpha=weight_decay)  # + weight_decay * W
-            vb.mul_(momentum).add_(dz.sum(dim=0))
-            W.add_(vW, alpha=-lr)
-            b.add_(vb, alpha=-lr)
-        else:
-            W.addmm_(h.T, dz, beta=1 - lr * weight_decay, alpha=-lr)  # W -= lr (H^T delta + wd W)
-            b.sub_(dz.sum(dim=0), alpha=lr)
-        if i > 0:
-            dz = dh.mul_(h.sign())  # delta_{l-1}: relu_backward, in place on dh (ours alone)
-    return loss
-
-
 # ----------------------------------------------------------------------------- augmentation
 # Every epoch the network sees each digit slightly moved, turned, resized or bent, so it
 # cannot memorise exact pixel positions. Each image gets its own random distortion, drawn
@@ -334,22 +352,6 @@ def affine_matrices(batch, generator, rotate_deg, scale, shift_px, side):
     return affine_theta(angle, s, t, side)
 
 
-def gaussian_matrix(side, sigma, dtype=torch.float32):
-    """Gaussian smoothing along one axis as a matrix -> G (side, side), G[i, j] = k(i - j).
-
-    k is a Gaussian of width sigma pixels, cut at 3 sigma and scaled to sum to 1; G @ v smooths
-    v (side,) like a 1-D convolution with zero padding (rows near the edge sum to less than 1).
-    A matmul, because on a CPU it is ~10x faster than conv2d with a 1-channel kernel.
-    Needs: torch, math
-    """
-    r = torch.arange(side, dtype=dtype)  # (side,)
-    d = r[:, None] - r[None, :]  # (side, side) the offset i - j
-    radius = max(1, math.ceil(3 * sigma))
-    k = torch.exp(-0.5 * (d / sigma) ** 2) * (d.abs() <= radius)  # (side, side)
-    full = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=dtype) / sigma) ** 2).sum()
-    return k / full
-
-
 def elastic_displacement(batch, generator, alpha, sigma, side, device="cpu"):
     """A smooth random displacement field -> (batch, side, side, 2) in normalised units.
 
@@ -365,21 +367,6 @@ def elastic_displacement(batch, generator, alpha, sigma, side, device="cpu"):
     G = gaussian_matrix(side, sigma).to(device)  # (side, side)
     field = G @ noise.to(device) @ G.T  # (B, 2, side, side): (x, y) displacement, pixels / alpha
     return field.permute(0, 2, 3, 1) * (alpha * 2 / side)  # (B, side, side, 2), normalised units
-
-
-def sampling_grid(theta, side):
-    """F.affine_grid(theta, (B, 1, side, side), align_corners=False), built by broadcasting.
-
-    theta (B, 2, 3) -> grid (B, side, side, 2): grid[b, i, j] = theta[b] @ (c_j, c_i, 1), with
-    c_k = (2k + 1) / side - 1 the centre of pixel k in normalised units. The same numbers as
-    affine_grid (to float rounding), about 4x faster on a CPU: each entry is one add of a
-    per-row and a per-column term instead of a small matmul.
-    Needs: torch
-    """
-    c = (torch.arange(side, dtype=theta.dtype, device=theta.device) * 2 + 1) / side - 1  # (side,)
-    by_row = (theta[:, :, 1:2] * c + theta[:, :, 2:3]).transpose(1, 2)  # (B, side, 2): A01 c_i + t
-    by_col = (theta[:, :, 0:1] * c).transpose(1, 2)  # (B, side, 2): A00 c_j
-    return by_row[:, :, None, :] + by_col[:, None, :, :]  # (B, side, side, 2)
 
 
 def warp(x, theta, displacement=None):
@@ -437,6 +424,77 @@ def evaluate(params, X, y):
     return cross_entropy(logits, y).item(), accuracy(logits, y)
 
 
+# ============================================================================= engineering
+# Below: presets, argument checks, the run folder (checkpoints, metrics, a lock), signals,
+# pictures and the ablation. None of it is needed to understand training; all of it is what
+# makes a run safe to interrupt, resume and compare.
+
+# ----------------------------------------------------------------------------- faster versions
+# The same numbers as the readable code above (tests check it), faster on a CPU.
+
+def fused_train_step_(params, velocity, x, y, lr, momentum, weight_decay=0.0, smoothing=0.0):
+    """train_step_ with each gradient fused into its update -> loss. Faster, harder to read.
+
+    The same math as train_step (tested equal), but no gradient tuple is ever built: each
+    layer's dW goes straight into its velocity (or weight) through one addmm_, which computes
+    out = beta * out + alpha * (H^T @ delta) without storing H^T @ delta. dL/dH_{l-1} is
+    computed before W_l changes, so every gradient still sees the old parameters. The same
+    restrictions on params and velocity as train_step_.
+    Needs: mlp_forward (02), smoothed_cross_entropy, smoothed_cross_entropy_backward
+    """
+    logits, cache = mlp_forward(params, x)
+    loss = smoothed_cross_entropy(logits, y, smoothing)
+    dz = smoothed_cross_entropy_backward(logits, y, smoothing)  # delta_n (B, C)
+    for i in range(len(params) // 2 - 1, -1, -1):
+        W, b, h = params[2 * i], params[2 * i + 1], cache[i]  # h: the layer's input H_{l-1}
+        dh = dz @ W.T if i > 0 else None  # (B, in), from the old W
+        if momentum:
+            vW, vb = velocity[2 * i], velocity[2 * i + 1]
+            vW.addmm_(h.T, dz, beta=momentum)  # vW = momentum * vW + H^T delta
+            if weight_decay:
+                vW.add_(W, alpha=weight_decay)  # + weight_decay * W
+            vb.mul_(momentum).add_(dz.sum(dim=0))
+            W.add_(vW, alpha=-lr)
+            b.add_(vb, alpha=-lr)
+        else:
+            W.addmm_(h.T, dz, beta=1 - lr * weight_decay, alpha=-lr)  # W -= lr (H^T delta + wd W)
+            b.sub_(dz.sum(dim=0), alpha=lr)
+        if i > 0:
+            dz = dh.mul_(h.sign())  # delta_{l-1}: relu_backward, in place on dh (ours alone)
+    return loss
+
+
+def gaussian_matrix(side, sigma, dtype=torch.float32):
+    """Gaussian smoothing along one axis as a matrix -> G (side, side), G[i, j] = k(i - j).
+
+    k is a Gaussian of width sigma pixels, cut at 3 sigma and scaled to sum to 1; G @ v smooths
+    v (side,) like a 1-D convolution with zero padding (rows near the edge sum to less than 1).
+    A matmul, because on a CPU it is ~10x faster than conv2d with a 1-channel kernel.
+    Needs: torch, math
+    """
+    r = torch.arange(side, dtype=dtype)  # (side,)
+    d = r[:, None] - r[None, :]  # (side, side) the offset i - j
+    radius = max(1, math.ceil(3 * sigma))
+    k = torch.exp(-0.5 * (d / sigma) ** 2) * (d.abs() <= radius)  # (side, side)
+    full = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=dtype) / sigma) ** 2).sum()
+    return k / full
+
+
+def sampling_grid(theta, side):
+    """F.affine_grid(theta, (B, 1, side, side), align_corners=False), built by broadcasting.
+
+    theta (B, 2, 3) -> grid (B, side, side, 2): grid[b, i, j] = theta[b] @ (c_j, c_i, 1), with
+    c_k = (2k + 1) / side - 1 the centre of pixel k in normalised units. The same numbers as
+    affine_grid (to float rounding), about 4x faster on a CPU: each entry is one add of a
+    per-row and a per-column term instead of a small matmul.
+    Needs: torch
+    """
+    c = (torch.arange(side, dtype=theta.dtype, device=theta.device) * 2 + 1) / side - 1  # (side,)
+    by_row = (theta[:, :, 1:2] * c + theta[:, :, 2:3]).transpose(1, 2)  # (B, side, 2): A01 c_i + t
+    by_col = (theta[:, :, 0:1] * c).transpose(1, 2)  # (B, side, 2): A00 c_j
+    return by_row[:, :, None, :] + by_col[:, None, :, :]  # (B, side, side, 2)
+
+
 def all_finite(tensors):
     """Whether every entry of every tensor is finite, as one Python bool (one device wait).
 
@@ -444,11 +502,6 @@ def all_finite(tensors):
     """
     return bool(torch.stack([t.isfinite().all() for t in tensors]).all())
 
-
-# ============================================================================= engineering
-# Below: presets, argument checks, the run folder (checkpoints, metrics, a lock), signals,
-# pictures and the ablation. None of it is needed to understand training; all of it is what
-# makes a run safe to interrupt, resume and compare.
 
 N_TRAIN, N_INPUT, N_CLASSES = 60_000, 784, 10
 STEPS = {"inplace": train_step_, "pure": train_step, "fused": fused_train_step_}
@@ -470,8 +523,8 @@ PRESETS = {
                 "momentum": 0.9, "weight_decay": 1e-4, "schedule": "linear", "val_size": 5000,
                 **NO_AUGMENTATION, "shift": 2, "rotate": 10.0, "scale": 0.1, "smoothing": 0.1,
                 "step": "fused"},
-    # The default, five times longer: about three minutes on 2 CPU cores.
-    "best": {"hidden": [512, 128], "epochs": 150, "batch_size": 128, "lr": 0.1,
+    # The default, longer (100 epochs): two to three minutes on 2 CPU cores.
+    "best": {"hidden": [512, 128], "epochs": 100, "batch_size": 128, "lr": 0.1,
              "momentum": 0.9, "weight_decay": 1e-4, "schedule": "linear", "val_size": 5000,
              **NO_AUGMENTATION, "shift": 2, "rotate": 10.0, "scale": 0.1, "smoothing": 0.1},
 }
@@ -817,56 +870,6 @@ def prepare_data(config, device):
     X_train, y_train, X_val, y_val = train_val_split(X_all, y_all, config["val_size"],
                                                             generator)
     return (X_train, y_train, X_val, y_val, X_test, y_test), generator
-
-
-def fit(config, data, generator, state=None, on_epoch=None, progress=False, log=print):
-    """Train for the config's epochs (from state's, if resuming) -> (params, velocity, history).
-
-    After each epoch: check that every parameter, and the loss on 1,000 training digits, is
-    finite (a divergence on an epoch's last update shows only here), score the validation
-    digits, log one line, call on_epoch (which saves the checkpoint).
-    Needs: init_params (02), N_INPUT, N_CLASSES, init_velocity, time, train_epoch, STEPS,
-        cross_entropy (02), mlp_forward (02), all_finite, evaluate
-    """
-    X_train, y_train, X_val, y_val = data[:4]
-    device = X_train.device
-    if state is None:
-        params = init_params([N_INPUT, *config["hidden"], N_CLASSES], generator, device=device)
-        velocity, history = init_velocity(params), []
-    else:
-        params = tuple(p.to(device) for p in state["params"])
-        velocity = tuple(v.to(device) for v in state["velocity"])
-        generator.set_state(state["generator_state"])
-        history = list(state["history"])
-    steps_per_epoch = -(-len(X_train) // config["batch_size"])
-    total_steps = config["epochs"] * steps_per_epoch
-    width = len(str(config["epochs"]))
-    for epoch in range(len(history) + 1, config["epochs"] + 1):
-        tic = time.perf_counter()
-        try:
-            params, velocity, loss = train_epoch(params, velocity, X_train, y_train, config,
-                                                 generator, (epoch - 1) * steps_per_epoch,
-                                                 total_steps, STEPS[config["step"]], progress)
-        except FloatingPointError as err:
-            raise FloatingPointError(str(err).replace(" at step ", f" at epoch {epoch}, step ",
-                                                      1)) from None
-        # The step losses were taken before each update; the last update shows only here.
-        probe = cross_entropy(mlp_forward(params, X_train[:1000])[0], y_train[:1000])
-        if not all_finite(params + velocity + (probe,)):
-            raise FloatingPointError(
-                f"the parameters became infinite or NaN during epoch {epoch} (lr "
-                f"{config['lr']:g}); training stopped and no checkpoint was written for this "
-                "epoch: try a lower --lr (e.g. a tenth).")
-        val_loss, val_acc = evaluate(params, X_val, y_val)  # .item() waits for the device
-        seconds = time.perf_counter() - tic
-        history.append({"epoch": epoch, "loss": loss, "val_loss": val_loss,
-                        "val_accuracy": val_acc, "seconds": seconds})
-        val = "" if val_acc is None else f" | val {val_acc:6.2%}"
-        log(f"epoch {epoch:>{width}}/{config['epochs']} | loss {loss:.4f}{val} | "
-            f"{seconds:5.1f} s")
-        if on_epoch:
-            on_epoch(params, velocity, epoch, history)
-    return params, velocity, history
 
 
 def train(config, device, out, state, progress, started, signals):

@@ -33,6 +33,7 @@ import argparse  # noqa: E402 (after the early signal handlers, on purpose)
 import importlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import textwrap  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -64,7 +65,7 @@ save_figure, save_json, show_progress = common.save_figure, common.save_json, co
 train_val_split = common.train_val_split
 
 
-# ----------------------------------------------------------------------------- the step and the loop
+# ---------------------------------------------------------------------------- the step and the loop
 
 def train_step(params, velocity, x, y, lr, momentum, weight_decay=0.0, smoothing=0.0):
     """Forward, backward, update -> (new params, new velocity, loss); the inputs stay unchanged.
@@ -839,7 +840,7 @@ def confusion_matrix(y, pred, n_classes=N_CLASSES):
 def plot_confusion(counts, path, title):
     """confusion.png: the test set's confusion matrix with counts, the diagonal dimmed.
 
-    Needs: pyplot (common), save_figure (common)
+    Needs: pyplot (common), save_figure (common), textwrap
     """
     plt = pyplot()
     C = len(counts)
@@ -852,7 +853,8 @@ def plot_confusion(counts, path, title):
             ax.text(j, i, str(n), ha="center", va="center", fontsize=8,
                     color="gray" if i == j else ("white" if n > off.max() / 2 else "black"))
     ax.set(xticks=range(C), yticks=range(C), xlabel="predicted", ylabel="true")
-    ax.set_title(f"{title}\ntest mistakes: {off.sum().item()} of {counts.sum().item()}",
+    narrow = textwrap.fill(title.replace("\n", " "), width=62)  # this figure is narrower
+    ax.set_title(f"{narrow}\ntest mistakes: {off.sum().item()} of {counts.sum().item()}",
                  fontsize=9)
     fig.tight_layout()
     save_figure(path, fig)
@@ -877,7 +879,7 @@ def train(config, device, out, state, progress, started, signals):
 
     Needs: prepare_data, save_json (common), metrics_record, describe_config, save_checkpoint,
         fit, evaluate, predict, plot_curves, plot_predictions, plot_first_layer,
-        plot_confusion, confusion_matrix, result_line (common)
+        plot_confusion, confusion_matrix, result_line (common), textwrap
     """
     data, generator = prepare_data(config, device)
     X_train, y_train, X_val, y_val, X_test, y_test = data
@@ -899,7 +901,7 @@ def train(config, device, out, state, progress, started, signals):
     test_loss, test_acc = evaluate(params, X_test, y_test)  # the one look at the test set
     val_acc = history[-1]["val_accuracy"]
     pred = predict(params, X_test).argmax(dim=1)
-    title = f"{describe_config(config)}: test {test_acc:.2%}"
+    title = textwrap.fill(f"{describe_config(config)}: test {test_acc:.2%}", width=100)
     plot_curves(history, out / "curves.png", title)
     plot_predictions(X_test.cpu(), y_test.cpu(), pred.cpu(), out / "predictions.png", title)
     plot_first_layer(params[0], out / "weights.png", title)

@@ -31,7 +31,7 @@ SCALING_IMPLS = ("manual", "inplace", "jax", "autograd")
 DEFAULT_WIDTH = 512
 # Point 3 of issue 12: (name, numerator, denominator, batches, at most).
 TARGETS = [("compiled <= 1.0x JAX at batch 1-128", "compiled/jax", (1, 32, 128), 1.0),
-           ("eager step (fused, in place) <= 0.7x autograd at batch 32", "inplace/autograd", (32,), 0.7),
+           ("eager fused step <= 0.7x autograd at batch 32", "inplace/autograd", (32,), 0.7),
            ("eager step (pure) <= 0.7x autograd at batch 32", "manual/autograd", (32,), 0.7)]
 
 

@@ -116,7 +116,7 @@ def test_ratio_section_states_each_target_as_measured(tmp_path):
     verdicts = {name: (verdict, text) for name, verdict, text in report.target_verdicts(data)}
     assert verdicts["compiled <= 1.0x JAX at batch 1-128"] == (
         "not met", "1: 0.90x, 32: 1.05x, 128: 0.95x")
-    assert verdicts["eager step (fused, in place) <= 0.7x autograd at batch 32"] == ("met", "32: 0.65x")
+    assert verdicts["eager fused step <= 0.7x autograd at batch 32"] == ("met", "32: 0.65x")
     assert verdicts["eager step (pure) <= 0.7x autograd at batch 32"][0] == "not measured"
     text = report.ratios_section(data)
     assert "median of 3 processes" in text and "measured peak 480 GFLOP/s (numpy)" in text
@@ -129,7 +129,7 @@ def test_report_reads_the_ratios_file_beside_the_run(tmp_path):
     path = ratios_file(tmp_path, {1: 0.9, 32: 0.99, 128: 0.8}, 0.75)
     text = load_report().report(run, path)
     assert "| compiled <= 1.0x JAX at batch 1-128 | 1: 0.90x, 32: 0.99x, 128: 0.80x | met |" in text
-    assert "| eager step (fused, in place) <= 0.7x autograd at batch 32 | 32: 0.75x | not met |" in text
+    assert "| eager fused step <= 0.7x autograd at batch 32 | 32: 0.75x | not met |" in text
 
 
 def test_pictures_are_written_per_device_with_the_peak_as_the_limit(tmp_path):

@@ -21,10 +21,11 @@ stay on the CPU, in tests/).
 
 FLOPs credited to every implementation alike (a multiply-add is 2; elementwise work is
 not counted, so extra work shows up as lower GFLOP/s):
-    forward  = 2 B (784*512 + 512*128 + 128*10)             = 2 B * 467,264
-    backward = forward's, for every dW, + 2 B (512*128 + 128*10) for dx of all
+    forward  = 2 B (784*512 + 512*128 + 128*10)             = 2 B * 468,224
+    backward = forward's, for every dW, + 2 B (512*128 + 128*10) for dh of all
                layers but the first (nobody needs the gradient of the pixels)
-    step     = forward + backward                           = 2 B * 1,001,344
+                                                            = 2 B * 535,040
+    step     = forward + backward                           = 2 B * 1,003,264
 """
 
 import contextlib

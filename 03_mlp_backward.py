@@ -41,7 +41,7 @@ import common
 
 logreg = importlib.import_module("01_logistic_regression")
 forward = importlib.import_module("02_mlp_forward")
-one_hot = logreg.one_hot
+one_hot, check_labels = logreg.one_hot, logreg.check_labels
 softmax, cross_entropy, relu = forward.softmax, forward.cross_entropy, forward.relu
 init_params, mlp_forward, linear_forward = (forward.init_params, forward.mlp_forward,
                                             forward.linear_forward)
@@ -148,8 +148,6 @@ def notebook_mlp_backward(params, cache, y):
     """
     return mlp_backward_from(params, cache, notebook_softmax_cross_entropy_backward(cache[-1], y))
 
-
-check_labels = logreg.check_labels
 add_run_args, float_in, int_in = common.add_run_args, common.float_in, common.int_in
 make_generator = common.make_generator
 parse_args, pick_device, result_line = common.parse_args, common.pick_device, common.result_line

@@ -1,21 +1,16 @@
 """benchmarks/report.py turns a saved pytest-benchmark run (and ratios.py's file) into tables
 with the right ratios and "% of peak", and draws the pictures. Nothing here times anything."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def load(name):
-    """Import benchmarks/<name>.py by its path (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+load = load_benchmark
 
 
 def load_report():

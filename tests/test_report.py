@@ -2,13 +2,9 @@
 with the right ratios and "% of peak", and draws the pictures. Nothing here times anything."""
 
 import json
-from pathlib import Path
 
 import pytest
 from conftest import load_benchmark
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
 
 load = load_benchmark
 

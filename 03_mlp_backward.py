@@ -101,7 +101,7 @@ def mlp_backward_from(params, cache, dlogits):
         if i > 0:
             dz = relu_backward(dh, h)  # delta_{l-1} (B, in): through the ReLU that made h
     # The first layer's dh would be the gradient for the pixels: nobody needs it, and
-    # skipping it saves the largest matmul of the backward pass (784 x 512 per example).
+    # skipping it saves a matmul as large as the largest one left (dW_1: 784 x 512 per example).
     return tuple(grads)
 
 
@@ -288,7 +288,7 @@ def shape_walkthrough(params, x, y):
             hs.append(h)
         else:
             rows += [(f"Z_{l} (logits)", z, f"H_{l - 1} W_{l} + b_{l}"),
-                     ("P", softmax(z), "softmax(Z_n), rows sum to 1")]
+                     ("P", softmax(z), f"softmax(Z_{l}), rows sum to 1")]
     dz = softmax_cross_entropy_backward(z, y)
     rows.append((f"delta_{n}", dz, "(P - Y) / B"))
     for l in range(n, 0, -1):
@@ -423,7 +423,8 @@ BUGS = {
     "no-relu-mask": ("the ReLU's mask forgotten: dL/dZ = dL/dH",
                      {"relu_bw": bug_no_relu_mask},
                      "The last layer (W and b) is right and the earlier layers usually go wrong, "
-                     "since the error enters on the way back through the first ReLU; a tensor "
+                     "since the error enters at the first ReLU met on the way back (the one after "
+                     "the last hidden layer); a tensor "
                      "can still pass when its sampled entries only met units that were on, and "
                      "the one-layer network has no ReLU at all. Units that were "
                      "off (Z <= 0) did not change the loss, so no gradient may pass them."),
@@ -437,7 +438,9 @@ BUGS = {
                            {"dlogits_fn": bug_softmax_as_sigmoid},
                            "Every tensor fails, since delta_n itself is wrong. A softmax output "
                            "depends on every logit of its row: the off-diagonal -P_i P_j terms "
-                           "of J carry the push-down of the wrong classes."),
+                           "of J carry the push-down of the wrong classes. On the z~2000 network it "
+                           "even gives inf/NaN: some P underflow to 0, and Y / (B P) divides "
+                           "0 by 0."),
     "no-max-shift": ("softmax without the max shift, on large logits",
                      {"dlogits_fn": bug_no_max_shift},
                      "The small networks pass; only the z~2000 network, whose logits reach "
@@ -514,9 +517,10 @@ def main(argv=None):
               f"{'every sampled entry agrees' if grad_ok else 'a gradient is wrong'}")
 
         params = init_params([784, 512, 128, 10], generator, device=device)
-        x = torch.rand(128, 784, generator=generator).to(device)
-        y = torch.randint(0, 10, (128,), generator=generator).to(device)
-        print("\n2. every tensor of one step of 784-512-128-10 at batch B = 128, forward then "
+        # B = 100, not the default 128: then no batch dimension looks like the 128-unit layer.
+        x = torch.rand(100, 784, generator=generator).to(device)
+        y = torch.randint(0, 10, (100,), generator=generator).to(device)
+        print("\n2. every tensor of one step of 784-512-128-10 at batch B = 100, forward then "
               "backward")
         for name, shape, how in shape_walkthrough(params, x, y):
             print(f"   {name:<16}{shape:>9}   {how}")

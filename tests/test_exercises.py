@@ -44,7 +44,8 @@ def test_the_clean_backward_pass_passes(capsys):
     assert run() == 0
     out = capsys.readouterr().out
     assert "FAIL" not in out and out.strip().endswith("ok=true")
-    assert "delta_1           128x512" in out and "dW_1              784x512" in out
+    assert "delta_1           100x512" in out and "dW_1              784x512" in out
+    assert "delta_2           100x128" in out  # B = 100: never mistaken for the 128 units
 
 
 def test_an_unknown_bug_is_one_sentence(capsys):

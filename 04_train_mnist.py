@@ -66,6 +66,8 @@ train_val_split = common.train_val_split
 
 
 # ---------------------------------------------------------------------------- the step and the loop
+# Read top-down: the step and the loop first; the pieces they call (the smoothed loss, the
+# updates, the schedule, the augmentation) follow in the next sections.
 
 def train_step(params, velocity, x, y, lr, momentum, weight_decay=0.0, smoothing=0.0):
     """Forward, backward, update -> (new params, new velocity, loss); the inputs stay unchanged.
@@ -197,7 +199,7 @@ def fit(config, data, generator, state=None, on_epoch=None, progress=False, log=
     return params, velocity, history
 
 
-# ----------------------------------------------------------------------------- updates
+# ----------------------------------------------------------------------------- loss and updates
 
 def init_velocity(params):
     """Momentum's starting velocity: zeros shaped like params (same dtypes and devices).

@@ -438,9 +438,9 @@ BUGS = {
                            {"dlogits_fn": bug_softmax_as_sigmoid},
                            "Every tensor fails, since delta_n itself is wrong. A softmax output "
                            "depends on every logit of its row: the off-diagonal -P_i P_j terms "
-                           "of J carry the push-down of the wrong classes. On the z~2000 network it "
-                           "even gives inf/NaN: some P underflow to 0, and Y / (B P) divides "
-                           "0 by 0."),
+                           "of J carry the push-down of the wrong classes. On the z~2000 "
+                           "network it even gives inf/NaN: some P underflow to 0, and "
+                           "Y / (B P) divides 0 by 0."),
     "no-max-shift": ("softmax without the max shift, on large logits",
                      {"dlogits_fn": bug_no_max_shift},
                      "The small networks pass; only the z~2000 network, whose logits reach "

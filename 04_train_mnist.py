@@ -8,7 +8,7 @@ ablation table).
 
     python 04_train_mnist.py                     # the default recipe, ~99.2 % test
     python 04_train_mnist.py --preset notebook   # the notebook's recipe: plain SGD, ~96.5 %
-    python 04_train_mnist.py --preset best       # the default for 100 epochs, ~3 minutes
+    python 04_train_mnist.py --preset best       # the default for 100 epochs, ~4 minutes
     python 04_train_mnist.py --ablation          # README's ablation table, from scratch
     python 04_train_mnist.py --resume            # continue runs/default/ after an interruption
     python 04_train_mnist.py --eval runs/default/checkpoint.pt
@@ -436,7 +436,7 @@ def evaluate(params, X, y):
 # makes a run safe to interrupt, resume and compare.
 
 # ----------------------------------------------------------------------------- faster versions
-# The same numbers as the readable code above (tests check it), faster on a CPU.
+# The same math as the readable code above (tests check it equal in float64), faster on a CPU.
 
 def fused_train_step_(params, velocity, x, y, lr, momentum, weight_decay=0.0, smoothing=0.0):
     """train_step_ with each gradient fused into its update -> loss. Faster, harder to read.
@@ -528,7 +528,7 @@ PRESETS = {
     "default": {"hidden": [512, 128], "epochs": 30, "batch_size": 128, "lr": 0.1,
                 "momentum": 0.9, "weight_decay": 1e-4, "schedule": "linear", "val_size": 5000,
                 **NO_AUGMENTATION, "shift": 2, "rotate": 10.0, "scale": 0.1, "smoothing": 0.1},
-    # The default, longer (100 epochs): about three minutes on 2 CPU cores.
+    # The default, longer (100 epochs): about four minutes on 2 CPU cores.
     "best": {"hidden": [512, 128], "epochs": 100, "batch_size": 128, "lr": 0.1,
              "momentum": 0.9, "weight_decay": 1e-4, "schedule": "linear", "val_size": 5000,
              **NO_AUGMENTATION, "shift": 2, "rotate": 10.0, "scale": 0.1, "smoothing": 0.1},
@@ -574,7 +574,8 @@ def build_parser():
     parser.add_argument("--val-size", type=int_in(0, N_TRAIN - 1),
                         help="training digits held out for validation")
     parser.add_argument("--step", help="inplace (train_step_, the default), pure (train_step) "
-                        "or fused (fused_train_step_): the same numbers, different speeds")
+                        "or fused (fused_train_step_): equal in float64, the same to float32 "
+                        "rounding")
     parser.add_argument("--out", help="output folder (default: runs/<preset>/)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoint in the output folder")
@@ -1065,7 +1066,8 @@ def ablation_configs(seed):
 def command_for(config):
     """The shortest command line that trains config: a preset plus the flags that differ.
 
-    The step variant is left out: all three compute the same numbers (tests check it).
+    The step variant is left out: all three compute the same math (equal in float64; in
+    float32, to rounding).
     Needs: PRESETS, HYPERPARAMETERS
     """
     options = []

@@ -167,3 +167,22 @@ def test_report_main_prints_tables_without_pictures_when_asked(tmp_path, capsys)
                                "--no-plots"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"from {run}") and "wrote" not in out
+
+
+def test_step_variants_times_the_three_steps_and_states_the_ratios(capsys):
+    variants = load("step_variants")
+    assert variants.main(["--rounds", "2", "--examples", "1280"]) == 0
+    out = capsys.readouterr().out
+    for name in ("train_step ", "train_step_ ", "fused_train_step_ "):
+        assert name in out
+    result = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split()[1:])
+    assert float(result["inplace_over_fused"]) > 0 and float(result["pure_over_fused"]) > 0
+    assert result["rounds"] == "2"
+
+
+def test_step_variants_refuses_an_absent_device_in_one_sentence(capsys):
+    variants = load("step_variants")
+    if variants.torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present here")
+    assert variants.main(["--device", "cuda"]) == 2
+    assert "sees no CUDA GPU" in capsys.readouterr().err

@@ -173,8 +173,9 @@ def test_step_variants_times_the_three_steps_and_states_the_ratios(capsys):
     variants = load("step_variants")
     assert variants.main(["--rounds", "2", "--examples", "1280"]) == 0
     out = capsys.readouterr().out
-    for name in ("train_step ", "train_step_ ", "fused_train_step_ "):
-        assert name in out
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()
+            if line.startswith("  ")}
+    assert rows == {"fused": "fused_train_step_", "inplace": "train_step_", "pure": "train_step"}
     result = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split()[1:])
     assert float(result["inplace_over_fused"]) > 0 and float(result["pure_over_fused"]) > 0
     assert result["rounds"] == "2"

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import pickle
+import platform
 import re
 import shutil
 import signal
@@ -684,6 +685,37 @@ def mps_available():
     """
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
+
+
+def cpu_description(cpuinfo=None):
+    """The CPU in one line, e.g. "AMD EPYC (family 25, model 1), AVX2, no AVX-512" -> str.
+
+    On a CPU, this repository's times are set mostly by the matmul library, and that by the
+    widest vector instructions the processor has: the same "AMD EPYC" label can name a machine
+    with AVX-512 or one without, and their float32 matmuls differ about 2x. cpuinfo is the text
+    of /proc/cpuinfo (read when None, on Linux); where there is none (macOS, Windows) the
+    result is platform.processor() alone, or "unknown CPU".
+    Needs: Path, platform
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:  # the first processor's lines stand for all
+            fields[key.strip()] = value.strip()
+    name = fields.get("model name") or platform.processor() or "unknown CPU"
+    if "flags" not in fields:
+        return name
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    flags = set(fields["flags"].split())
+    widest = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else (
+        "AVX" if "avx" in flags else "no AVX")
+    return f"{name}, {widest}" + (", no AVX-512" if widest != "AVX-512" else "")
 
 
 def pick_device(name="auto"):

@@ -47,6 +47,7 @@ for folder in (ROOT, HERE):  # the lessons live at the repository root; jax_step
 
 import jax_step  # noqa: E402  (message framing only: importing it does not import jax)
 
+common = importlib.import_module("common")
 forward = importlib.import_module("02_mlp_forward")
 backward = importlib.import_module("03_mlp_backward")
 training = importlib.import_module("04_train_mnist")
@@ -57,6 +58,15 @@ LR = 0.01
 
 class Skip(Exception):
     """This implementation cannot run here; the message says why."""
+
+
+def device_label(device):
+    """The device in words: the GPU's name, the CPU's with its widest vector instructions
+    (common.cpu_description: AVX2 or AVX-512 roughly halves or doubles the matmul rate),
+    or "mps"."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return common.cpu_description() if device.type == "cpu" else device.type
 
 
 def sync(device):

@@ -51,6 +51,17 @@ def best_rate(matmul, sync, sizes, repeats):
     return best
 
 
+def cpu_words():
+    """The CPU and its widest vector instructions (common.cpu_description), e.g. "AMD EPYC
+    (family 25, model 1), AVX2, no AVX-512": the same model name can hide a 2x matmul gap."""
+    root = os.path.dirname(HERE)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import common
+
+    return common.cpu_description()
+
+
 def measure_torch(device="cpu", sizes=None, repeats=10):
     """torch's float32 `a @ b` on device (its bundled BLAS on a CPU, cuBLAS on CUDA)."""
     import torch
@@ -68,7 +79,7 @@ def measure_torch(device="cpu", sizes=None, repeats=10):
         a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
         return lambda: a @ b
 
-    label = "cpu" if device.type == "cpu" else (
+    label = f"cpu: {cpu_words()}" if device.type == "cpu" else (
         torch.cuda.get_device_name(device) if device.type == "cuda" else "mps")
     return dict(best_rate(matmul, sync, sizes, repeats), backend="torch",
                 detail=f"torch {torch.__version__} on {label}, {torch.get_num_threads()} threads")

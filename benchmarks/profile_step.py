@@ -16,7 +16,7 @@ import sys
 import time
 
 import torch
-from contenders import build, make_problem, mode
+from contenders import build, device_label, make_problem, mode
 from torch.profiler import ProfilerActivity, profile
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::matmul")
@@ -59,7 +59,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--top", type=int, default=12, help="ops shown per implementation")
     args = parser.parse_args(argv)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: "
+          f"{device_label(torch.device('cpu'))}")
     shares = {}
     for batch in args.batches:
         steps = max(5, args.steps * 32 // max(batch, 32))

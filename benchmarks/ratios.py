@@ -22,7 +22,6 @@ The results go to .benchmarks/ratios_<device>.json, with the machine's measured 
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -167,16 +166,6 @@ def time_jax_process(device_name, batches, blocks):
     return result
 
 
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -206,6 +195,7 @@ def main(argv=None):
         jax_runs.append(time_jax_process(args.device, args.batches, args.blocks))
     import peak
     import torch
+    from contenders import device_label
 
     peak_summary = None if args.no_peak else peak.summary(peak.measure_all(args.device))
     impls = [*TORCH_IMPLS, "jax"]
@@ -216,8 +206,7 @@ def main(argv=None):
              "compiled/jax": ("compiled", "jax"), "inplace/jax": ("inplace", "jax"),
              "manual/jax": ("manual", "jax"), "autograd/jax": ("autograd", "jax")}
     data = {
-        "device": args.device, "device_name": (cpu_name() if args.device == "cpu" else
-                                               args.device),
+        "device": args.device, "device_name": device_label(torch.device(args.device)),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "jax": next((j[b]["jax"]["version"] for j in jax_runs for b in j
                      if isinstance(j.get(b), dict) and "jax" in j[b]), None),

@@ -86,10 +86,18 @@ def pct(value):
     return f"{value:.0f} %" if value is not None else "-"
 
 
+def device_name(device, some, machine):
+    """The device in words: what the benchmark recorded (a CPU with its vector instructions,
+    or a GPU's name); for runs saved before that was recorded, pytest-benchmark's CPU brand."""
+    name = some.get("device_name")
+    if name and name != device:
+        return name
+    return machine.get("cpu", {}).get("brand_raw", device) if device == "cpu" else device
+
+
 def peak_line(device, some, machine):
     """The device's heading: its name, threads, torch, and the measured peak with its source."""
-    name = machine.get("cpu", {}).get("brand_raw", "cpu") if device == "cpu" else some[
-        "device_name"]
+    name = device_name(device, some, machine)
     line = f"**{device}**: {name}, {some['threads']} threads, torch {some['torch']}"
     peak = some.get("peak_gflops")
     if peak:
@@ -319,8 +327,7 @@ def write_pictures(runs, machine, docs=None):
         if series and some:
             batches = sorted({b for pts in series.values() for b, _ in pts})
             peak = some.get("peak_gflops")
-            name = machine.get("cpu", {}).get("brand_raw", "cpu") if device == "cpu" else some[
-                "device_name"]
+            name = device_name(device, some, machine)
             written.append(plot_lines(
                 docs / f"benchmark_{device}.png", series,
                 f"784-512-128-10, one plain-SGD step, {device} ({name}, torch {some['torch']})",

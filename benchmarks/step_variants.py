@@ -28,7 +28,7 @@ for folder in (HERE.parent, HERE):  # the lessons live at the repository root; c
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from contenders import sync  # noqa: E402  (waits for queued GPU work before the clock is read)
+from contenders import device_label, sync  # noqa: E402  (sync waits for queued GPU work)
 
 training = importlib.import_module("04_train_mnist")
 common = importlib.import_module("common")
@@ -89,7 +89,8 @@ def main(argv=None):
             for name in VARIANTS[r % 3:] + VARIANTS[:r % 3]:
                 times[name].append(epoch_seconds(name, params, velocity, batches, device))
     print(f"one epoch of the default recipe's steps ({len(batches)} steps of batch 128) on "
-          f"{device.type}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{device.type} ({device_label(device)}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, "
           f"{args.rounds} interleaved rounds")
     ratios = {}
     for name in VARIANTS:

@@ -22,7 +22,16 @@ import os
 
 import pytest
 import torch
-from contenders import SIZES, Skip, build, check_against_autograd, make_problem, op_flops, sync
+from contenders import (
+    SIZES,
+    Skip,
+    build,
+    check_against_autograd,
+    device_label,
+    make_problem,
+    op_flops,
+    sync,
+)
 
 BATCHES = (1, 32, 128, 512, 2048)
 WIDTHS = (128, 256, 512, 1024, 2048, 4096)  # the first hidden layer's, in the scaling group
@@ -112,8 +121,7 @@ def run_case(benchmark, device, matmul_peak, jax_worker, op, batch, impl, sizes=
         op=op if group == "batch" else group, impl=impl, batch=batch, device=device.type,
         flops=op_flops(op, batch, sizes),
         sizes=list(sizes), params_count=sum(p.numel() for p in params),
-        device_name=(torch.cuda.get_device_name(device) if device.type == "cuda" else
-                     device.type),
+        device_name=device_label(device),
         threads=torch.get_num_threads(), torch=torch.__version__)
     if first_call_s is not None:
         benchmark.extra_info["first_call_s"] = first_call_s

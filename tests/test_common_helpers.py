@@ -95,6 +95,32 @@ def test_pick_device_without_cuda_says_what_to_do(monkeypatch):
     assert common.pick_device("cpu") == torch.device("cpu")
 
 
+def cpuinfo(flags, family="25", name="AMD EPYC"):
+    """/proc/cpuinfo for two processors; only the first one's lines may be read."""
+    one = f"processor\t: {{}}\nmodel name\t: {name}\ncpu family\t: {family}\nmodel\t\t: 1\n"
+    return (one.format(0) + f"flags\t\t: fpu sse4_2 {flags}\n\n" +
+            one.format(1).replace(name, "other") + "flags\t\t: avx512f\n")
+
+
+@pytest.mark.parametrize("flags, widest", [
+    ("avx avx2 fma avx512f avx512bw", "AVX-512"),
+    ("avx avx2 fma", "AVX2, no AVX-512"),
+    ("avx", "AVX, no AVX-512"),
+    ("", "no AVX, no AVX-512"),
+])
+def test_cpu_description_names_the_widest_vector_instructions(flags, widest):
+    described = common.cpu_description(cpuinfo(flags, "26"))
+    assert described == f"AMD EPYC (family 26, model 1), {widest}"
+
+
+def test_cpu_description_without_cpuinfo_falls_back_to_the_platform(monkeypatch):
+    monkeypatch.setattr(common.platform, "processor", lambda: "arm")
+    assert common.cpu_description("") == "arm"
+    monkeypatch.setattr(common.platform, "processor", lambda: "")
+    assert common.cpu_description("") == "unknown CPU"
+    assert common.cpu_description("model name\t: Some CPU\n") == "Some CPU"
+
+
 def test_pick_device_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         common.pick_device("tpu")

@@ -508,6 +508,10 @@ def randn(*shape, seed=0, dtype=torch.float64):
     return torch.randn(*shape, generator=gen(seed), dtype=dtype)
 
 
+CPUINFO = ("processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\n"
+           "flags\t\t: fpu sse4_2 avx avx2 fma\n")
+
+
 def labels(n, classes, seed=0):
     return torch.randint(0, classes, (n,), generator=gen(seed))
 
@@ -693,6 +697,7 @@ EXAMPLES = {
     "common:verification_wanted": lambda: ((None, {"MNIST_UNVERIFIED": "1"}), {}),
     "common:check_mnist_counts": lambda: (("t10k-labels", 60_000, "t10k"), {}),
     "common:mps_available": lambda: ((), {}),
+    "common:cpu_description": lambda: ((CPUINFO,), {}),
     "common:int_in": lambda: ((0, 10), {}),
     "common:float_in": lambda: ((0, None), {"lo_open": True}),
     "common:finite_or_none": lambda: (({"a": [1.5, math.nan], "b": (-math.inf, 2)},), {}),

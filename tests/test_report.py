@@ -51,6 +51,14 @@ def test_report_tables_hold_the_time_ratios(tmp_path):
     assert "backward" not in rows
 
 
+def test_the_heading_names_the_cpu_the_benchmark_recorded(tmp_path):
+    described = "AMD EPYC (family 25, model 1), AVX2, no AVX-512"
+    runs = [bench("step", impl, 32, 1e-3, device_name=described)
+            for impl in ("manual", "autograd")]
+    text = load_report().report(write_run(tmp_path, runs), tmp_path / "no_ratios.json")
+    assert f"**cpu**: {described}, 2 threads" in text
+
+
 def test_percent_of_peak_divides_by_the_measured_peak_and_keeps_torchs_matmul(tmp_path):
     # 2 * 32 * 1,001,344 FLOPs in 0.8 ms = 80.1 GFLOP/s: 20 % of the 400 peak, 40 % of torch's.
     text = load_report().report(write_run(tmp_path, [bench("step", "manual", 32, 0.8e-3)]),

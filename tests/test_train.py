@@ -271,6 +271,7 @@ def test_a_short_run_learns_and_writes_every_file(mnist, tmp_path, capsys):
     assert last["val_accuracy"] > first["val_accuracy"]
     assert m["test_accuracy"] > 0.8 and m["config"]["hidden"] == [64, 32]
     assert {"train_accuracy", "total_seconds", "torch", "device"} <= set(m)
+    assert m["device"] == "cpu" and m["device_name"] == common.cpu_description()  # e.g. AVX2
     result = stdout.strip().splitlines()[-1]
     assert result.startswith("result: test_accuracy=") and "epochs=3" in result
     for png in ("curves.png", "predictions.png", "weights.png", "confusion.png"):

@@ -1,6 +1,6 @@
 """The ratios the README quotes: one plain-SGD step, interleaved contenders, several processes.
 
-    python benchmarks/ratios.py                     # 3 rounds of processes, CPU, ~5-8 minutes
+    python benchmarks/ratios.py                     # 7 rounds of processes, CPU, ~5-10 minutes
     python benchmarks/ratios.py --processes 5 --batches 32 128
     python benchmarks/report.py                     # prints these beside the pytest tables
 
@@ -170,7 +170,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
-    parser.add_argument("--processes", type=int, default=3, help="rounds of processes")
+    parser.add_argument("--processes", type=int, default=7, help="rounds of processes (the ratios swing between processes)")
     parser.add_argument("--blocks", type=int, default=15, help="timed blocks per contender")
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     parser.add_argument("--out", type=Path, help="default: .benchmarks/ratios_<device>.json")

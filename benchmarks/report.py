@@ -29,10 +29,13 @@ ROWS = [("forward", "manual", "forward"), ("backward", "manual", "backward"),
 STEP_IMPLS = ("manual", "inplace", "compiled", "cudagraph", "jax", "autograd", "notebook")
 SCALING_IMPLS = ("manual", "inplace", "jax", "autograd")
 DEFAULT_WIDTH = 512
-# Point 3 of issue 12: (name, numerator, denominator, batches, at most).
-TARGETS = [("compiled <= 1.0x JAX at batch 1-128", "compiled/jax", (1, 32, 128), 1.0),
-           ("eager fused step <= 0.7x autograd at batch 32", "inplace/autograd", (32,), 0.7),
-           ("eager step (pure) <= 0.7x autograd at batch 32", "manual/autograd", (32,), 0.7)]
+# Point 3 of issue 12: (name, the ratios, batches, at most). Where a target names several
+# ratios, each batch counts the lowest (the faster torch path at that batch) and says which.
+TARGETS = [("fastest torch step (compiled or in place) <= 1.0x JAX at batch 1-128",
+            ("compiled/jax", "inplace/jax"), (1, 32, 128), 1.0),
+           ("eager fused step <= 0.7x autograd at batch 32", ("inplace/autograd",), (32,), 0.7),
+           ("eager step (pure) <= 0.7x autograd at batch 32", ("manual/autograd",), (32,), 0.7)]
+RATIO_WORDS = {"compiled/jax": "compiled", "inplace/jax": "in place"}
 
 
 def newest_saved(root=ROOT / ".benchmarks"):
@@ -212,15 +215,21 @@ def load_ratios(path):
 def target_verdicts(data):
     """-> [(target name, "met"/"not met"/"not measured", the measured ratios as text)]."""
     out = []
-    for name, key, batches, limit in TARGETS:
-        found = [(b, data["ratios"].get(key, {}).get(str(b))) for b in batches]
-        measured = [(b, r["median"]) for b, r in found if r]
+    for name, keys, batches, limit in TARGETS:
+        measured = []  # (batch, ratio, which ratio it is)
+        for b in batches:
+            found = [(data["ratios"].get(k, {}).get(str(b)), k) for k in keys]
+            found = [(r["median"], k) for r, k in found if r]
+            if found:
+                measured.append((b, *min(found)))
         if not measured:
             out.append((name, "not measured", "-"))
             continue
-        verdict = "met" if all(v <= limit for _, v in measured) and len(measured) == len(
+        verdict = "met" if all(v <= limit for _, v, _ in measured) and len(measured) == len(
             batches) else "not met"
-        out.append((name, verdict, ", ".join(f"{b}: {v:.2f}x" for b, v in measured)))
+        out.append((name, verdict, ", ".join(
+            f"{b}: {v:.2f}x" + (f" ({RATIO_WORDS.get(k, k)})" if len(keys) > 1 else "")
+            for b, v, k in measured)))
     return out
 
 

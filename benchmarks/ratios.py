@@ -170,7 +170,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
-    parser.add_argument("--processes", type=int, default=7, help="rounds of processes (the ratios swing between processes)")
+    parser.add_argument("--processes", type=int, default=7,
+                        help="rounds of processes (a ratio swings between processes)")
     parser.add_argument("--blocks", type=int, default=15, help="timed blocks per contender")
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     parser.add_argument("--out", type=Path, help="default: .benchmarks/ratios_<device>.json")

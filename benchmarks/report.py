@@ -339,7 +339,7 @@ def write_pictures(runs, machine, docs=None):
             name = device_name(device, some, machine)
             written.append(plot_lines(
                 docs / f"benchmark_{device}.png", series,
-                f"784-512-128-10, one plain-SGD step, {device} ({name}, torch {some['torch']})",
+                f"784-512-128-10, one plain-SGD step, {device}, torch {some['torch']}\n{name}",
                 "batch size", "seconds per example",
                 [(b, limit) for b in batches] if limit else None,
                 f"measured peak {peak:.0f} GFLOP/s ({some.get('peak_backend')})"
@@ -351,7 +351,8 @@ def write_pictures(runs, machine, docs=None):
             written.append(plot_lines(
                 docs / f"scaling_{device}.png", series,
                 f"784-width-128-10, one step at batch {some['batch']}, {device}, "
-                f"torch {some['torch']}", "parameters", "seconds per step", limit or None,
+                f"torch {some['torch']}\n{device_name(device, some, machine)}",
+                "parameters", "seconds per step", limit or None,
                 f"measured peak {peak:.0f} GFLOP/s" if peak else None))
     return written
 

@@ -691,8 +691,9 @@ def cpu_description(cpuinfo=None):
     """The CPU in one line, e.g. "AMD EPYC (family 25, model 1), AVX2, no AVX-512" -> str.
 
     On a CPU, this repository's times are set mostly by the matmul library, and that by the
-    widest vector instructions the processor has: the same "AMD EPYC" label can name a machine
-    with AVX-512 or one without, and their float32 matmuls differ about 2x. cpuinfo is the text
+    widest vector instructions the processor has: the same "AMD EPYC" label (even the same CPU
+    family) can name a machine with AVX-512 or one without, and on the development machine
+    torch's float32 matmul differed about 2x between the two. cpuinfo is the text
     of /proc/cpuinfo (read when None, on Linux); where there is none (macOS, Windows) the
     result is platform.processor() alone, or "unknown CPU".
     Needs: Path, platform
@@ -715,7 +716,7 @@ def cpu_description(cpuinfo=None):
     flags = set(fields["flags"].split())
     widest = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else (
         "AVX" if "avx" in flags else "no AVX")
-    return f"{name}, {widest}" + (", no AVX-512" if widest != "AVX-512" else "")
+    return f"{name}, {widest}" + (", no AVX-512" if widest in ("AVX", "AVX2") else "")
 
 
 def pick_device(name="auto"):

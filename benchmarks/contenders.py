@@ -1,7 +1,7 @@
 """The implementations the benchmarks compare, on identical inputs already on the device.
 
     manual     this repository's functions (lessons 02-04), inside torch.inference_mode()
-    inplace    (step only) lesson 04's fused_train_step_: each gradient fused into its update
+    fused      (step only) lesson 04's fused_train_step_: each gradient fused into its update
     compiled   (step only) torch.compile of lesson 04's pure train_step (momentum 0), one
                static-shape compilation per batch size; the first call (the compilation)
                is timed apart from the steps
@@ -186,7 +186,7 @@ def step_manual(params, x, y, lr=LR):
     return fn, result
 
 
-def step_inplace(params, x, y, lr=LR):
+def step_fused(params, x, y, lr=LR):
     mine = [p.clone() for p in params]
     velocity = [torch.zeros_like(p) for p in params]
 
@@ -383,7 +383,7 @@ IMPLEMENTATIONS = {
                 "notebook": forward_notebook},
     "backward": {"manual": backward_manual, "autograd": backward_autograd,
                  "notebook": backward_notebook},
-    "step": {"manual": step_manual, "inplace": step_inplace, "compiled": step_compiled,
+    "step": {"manual": step_manual, "fused": step_fused, "compiled": step_compiled,
              "cudagraph": step_cudagraph, "jax": step_jax, "autograd": step_autograd,
              "notebook": step_notebook},
 }

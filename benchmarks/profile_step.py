@@ -3,7 +3,7 @@
     python benchmarks/profile_step.py                 # batch 32 per op, and the matmul share
     python benchmarks/profile_step.py --batches 32 2048 --steps 200
 
-For each batch and implementation (manual = train_step, inplace = fused_train_step_, autograd):
+For each batch and implementation (manual = train_step, fused = fused_train_step_, autograd):
 the ops by self CPU time per step, and the share of the step spent inside the matmul
 library's calls (aten::mm, addmm, addmm_, bmm: the BLAS, MKL here) against everything else
 (elementwise kernels, reductions, allocation, and the Python and dispatcher overhead between
@@ -20,7 +20,7 @@ from contenders import build, device_label, make_problem, mode
 from torch.profiler import ProfilerActivity, profile
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::matmul")
-IMPLS = ("manual", "inplace", "autograd")
+IMPLS = ("manual", "fused", "autograd")
 
 
 def profile_impl(impl, batch, steps, top):

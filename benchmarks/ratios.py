@@ -8,7 +8,7 @@ On a shared machine one process can run twice as slow as the next, so a ratio is
 only when its contenders are timed in the same process, interleaved, and repeated over
 several processes. Each round here starts
     - a torch process (this file with --child): for each batch, every torch contender
-      (manual, inplace, compiled, autograd) is checked against autograd, warmed up, then
+      (manual, fused, compiled, autograd) is checked against autograd, warmed up, then
       timed in blocks of back-to-back steps, the contenders taking turns block by block
       (the order rotating), and the median block of each kept;
     - a JAX process (jax_step.py's worker; this process never imports jax): the same problem,
@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BATCHES = (1, 32, 128, 512, 2048)
-TORCH_IMPLS = ("manual", "inplace", "compiled", "autograd")
+TORCH_IMPLS = ("manual", "fused", "compiled", "autograd")
 BLOCK_SECONDS = 0.02
 
 
@@ -202,9 +202,9 @@ def main(argv=None):
     impls = [*TORCH_IMPLS, "jax"]
     merged = [{b: {**t.get(b, {}), **{k: v for k, v in j.get(b, {}).items() if k == "jax"}}
                for b in map(str, args.batches)} for t, j in zip(torch_runs, jax_runs)]
-    pairs = {"inplace/autograd": ("inplace", "autograd"), "manual/autograd": ("manual",
+    pairs = {"fused/autograd": ("fused", "autograd"), "manual/autograd": ("manual",
              "autograd"), "compiled/manual": ("compiled", "manual"),
-             "compiled/jax": ("compiled", "jax"), "inplace/jax": ("inplace", "jax"),
+             "compiled/jax": ("compiled", "jax"), "fused/jax": ("fused", "jax"),
              "manual/jax": ("manual", "jax"), "autograd/jax": ("autograd", "jax")}
     data = {
         "device": args.device, "device_name": device_label(torch.device(args.device)),

@@ -2,7 +2,7 @@
 784-512-128-10 network, by batch size and device, beside what a user would pick instead;
 and how the step's cost grows with the first hidden layer's width (the "scaling" group).
 
-The implementations (manual, inplace, compiled, cudagraph, jax, autograd, notebook) and the
+The implementations (manual, fused, compiled, cudagraph, jax, autograd, notebook) and the
 FLOPs credited to them are described in contenders.py. Every one is checked against autograd
 on the benchmark's own inputs before it is timed.
 
@@ -36,13 +36,13 @@ from contenders import (
 BATCHES = (1, 32, 128, 512, 2048)
 WIDTHS = (128, 256, 512, 1024, 2048, 4096)  # the first hidden layer's, in the scaling group
 SCALING_BATCH = 128
-SCALING_IMPLS = ("manual", "inplace", "jax", "autograd")
+SCALING_IMPLS = ("manual", "fused", "jax", "autograd")
 CI_COMPILED_BATCH = 32
 
 OPS = {
     "forward": ("manual", "autograd", "notebook"),
     "backward": ("manual", "autograd", "notebook"),
-    "step": ("manual", "inplace", "compiled", "cudagraph", "jax", "autograd", "notebook"),
+    "step": ("manual", "fused", "compiled", "cudagraph", "jax", "autograd", "notebook"),
 }
 # One group (operation, batch) at a time, its implementations one after the other, so that
 # the machine's slow drifts touch the implementations being compared alike.

@@ -75,15 +75,15 @@ def test_ratio_bookkeeping(ratios):
     assert ratios.steps_per_block(1e-3, 0.02) == 20
     assert ratios.steps_per_block(1.0, 0.02) == 1
     assert ratios.rotated(["a", "b", "c"], 4) == ["b", "c", "a"]
-    torch_runs = [{"32": {"inplace": {"median_s": 2.0}, "autograd": {"median_s": 4.0}}},
-                  {"32": {"inplace": {"median_s": 3.0}, "autograd": {"median_s": 3.0}}},
-                  {"32": {"inplace": {"median_s": 1.0}, "autograd": {"median_s": 4.0}}}]
+    torch_runs = [{"32": {"fused": {"median_s": 2.0}, "autograd": {"median_s": 4.0}}},
+                  {"32": {"fused": {"median_s": 3.0}, "autograd": {"median_s": 3.0}}},
+                  {"32": {"fused": {"median_s": 1.0}, "autograd": {"median_s": 4.0}}}]
     jax_runs = [{"32": {"jax": {"median_s": 1.0}}}, {"32": {"jax": {"median_s": 2.0}}},
                 {"skipped": "no jax"}]
-    within = ratios.paired_ratios(torch_runs, jax_runs, "inplace", "autograd", [32])
+    within = ratios.paired_ratios(torch_runs, jax_runs, "fused", "autograd", [32])
     assert within == {"32": {"median": 0.5, "min": 0.25, "max": 1.0, "n": 3}}
-    versus = ratios.paired_ratios(torch_runs, jax_runs, "inplace", "jax", [32, 128])
+    versus = ratios.paired_ratios(torch_runs, jax_runs, "fused", "jax", [32, 128])
     assert versus == {"32": {"median": 1.75, "min": 1.5, "max": 2.0, "n": 2}}
-    summary = ratios.summarise(torch_runs, ["inplace", "jax"], [32])
-    assert summary == {"inplace": {"32": {"median_s": 2.0, "best_s": 1.0,
+    summary = ratios.summarise(torch_runs, ["fused", "jax"], [32])
+    assert summary == {"fused": {"32": {"median_s": 2.0, "best_s": 1.0,
                                           "per_process": [2.0, 3.0, 1.0]}}}

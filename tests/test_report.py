@@ -39,16 +39,22 @@ def rows_of(text, batch=32):
 
 
 def test_report_tables_hold_the_time_ratios(tmp_path):
-    runs = [bench("step", "manual", 32, 0.8e-3), bench("step", "inplace", 32, 0.6e-3),
+    runs = [bench("step", "manual", 32, 0.8e-3), bench("step", "fused", 32, 0.6e-3),
             bench("step", "autograd", 32, 1.0e-3), bench("step", "notebook", 32, 1.2e-3),
             bench("forward", "manual", 32, 2e-4), bench("forward", "autograd", 32, 4e-4)]
     text = load_report().report(write_run(tmp_path, runs), tmp_path / "no_ratios.json")
     assert "**cpu**: Test CPU, 2 threads" in text
     rows = rows_of(text)
     assert "| 800 us | 1.00 ms | 1.20 ms | 0.80x | 0.67x |" in rows["step (pure)"]
-    assert "| 600 us | 1.00 ms | 1.20 ms | 0.60x | 0.50x |" in rows["step (fused, in place)"]
+    assert "| 600 us | 1.00 ms | 1.20 ms | 0.60x | 0.50x |" in rows["step (fused)"]
     assert "| 200 us | 400 us | - | 0.50x | - |" in rows["forward"]
     assert "backward" not in rows
+
+
+def test_times_keep_three_significant_figures():
+    fmt = load_report().fmt_time
+    assert [fmt(x) for x in (None, 3.12e-4, 1.7e-3, 5.428e-2, 0.36693, 2.14)] == [
+        "-", "312 us", "1.70 ms", "54.3 ms", "367 ms", "2.1 s"]
 
 
 def test_the_heading_names_the_cpu_the_benchmark_recorded(tmp_path):
@@ -69,12 +75,12 @@ def test_percent_of_peak_divides_by_the_measured_peak_and_keeps_torchs_matmul(tm
 
 
 def test_step_table_has_every_step_implementation_and_the_compile_time(tmp_path):
-    runs = [bench("step", "inplace", 32, 0.5e-3), bench("step", "jax", 32, 0.4e-3),
+    runs = [bench("step", "fused", 32, 0.5e-3), bench("step", "jax", 32, 0.4e-3),
             bench("step", "compiled", 32, 0.45e-3, first_call_s=7.25),
             bench("step", "autograd", 32, 1.0e-3)]
     text = load_report().step_table("cpu", load_report().load_runs(write_run(tmp_path, runs))[1])
     header = next(line for line in text.splitlines() if line.startswith("| batch"))
-    assert header.split("|")[2:6] == [" inplace ", " compiled ", " jax ", " autograd "]
+    assert header.split("|")[2:6] == [" fused ", " compiled ", " jax ", " autograd "]
     row = next(line for line in text.splitlines() if line.startswith("| 32 "))
     # best torch (compiled, 450 us) / jax (400 us) = 1.12x; the first call shown apart
     assert "| 450 us (" in row and row.endswith("| 1.12x | 7.2 s |")
@@ -82,7 +88,7 @@ def test_step_table_has_every_step_implementation_and_the_compile_time(tmp_path)
 
 def test_scaling_table_orders_by_width_and_names_the_parameter_count(tmp_path):
     runs = [bench("scaling", impl, 128, s * w / 512, width=w)
-            for w in (1024, 128) for impl, s in (("inplace", 1e-3), ("autograd", 2e-3))]
+            for w in (1024, 128) for impl, s in (("fused", 1e-3), ("autograd", 2e-3))]
     text = load_report().scaling_table("cpu", load_report().load_runs(write_run(tmp_path,
                                                                                  runs))[1])
     rows = [line for line in text.splitlines() if line.startswith("| 1")]
@@ -93,23 +99,23 @@ def test_scaling_table_orders_by_width_and_names_the_parameter_count(tmp_path):
         write_run(tmp_path, runs))[1], {}) == ""
 
 
-def ratios_file(tmp_path, compiled_jax, inplace_autograd):
+def ratios_file(tmp_path, compiled_jax, fused_autograd):
     def r(v):
         return {"median": v, "min": v, "max": v, "n": 3}
     data = {"device": "cpu", "device_name": "Test CPU", "threads": 2, "torch": "2.14.1",
             "jax": "0.10.2", "processes": 3, "blocks": 15, "batches": [1, 32, 128],
             "peak": {"peak_gflops": 480.0, "peak_backend": "numpy"},
-            "summary": {"inplace": {"32": {"median_s": 4e-4, "best_s": 3.9e-4,
+            "summary": {"fused": {"32": {"median_s": 4e-4, "best_s": 3.9e-4,
                                            "per_process": [4e-4]}}},
             "ratios": {"compiled/jax": {str(b): r(v) for b, v in compiled_jax.items()},
-                       "inplace/autograd": {"32": r(inplace_autograd)}},
+                       "fused/autograd": {"32": r(fused_autograd)}},
             "first_call_s": {"compiled": {"32": [7.0, 8.0, 9.0]}}}
     path = tmp_path / "ratios_cpu.json"
     path.write_text(json.dumps(data))
     return path
 
 
-JAX_TARGET = "fastest torch step (compiled or in place) <= 1.0x JAX at batch 1-128"
+JAX_TARGET = "fastest torch step (compiled or fused) <= 1.0x JAX at batch 1-128"
 
 
 def test_ratio_section_states_each_target_as_measured(tmp_path):
@@ -130,18 +136,18 @@ def test_the_jax_target_takes_the_faster_torch_path_at_each_batch(tmp_path):
     report = load_report()
     path = ratios_file(tmp_path, {1: 1.2, 32: 0.9, 128: 1.05}, 0.65)
     data = json.loads(path.read_text())
-    data["ratios"]["inplace/jax"] = {"1": {"median": 0.95}, "32": {"median": 0.8}}
+    data["ratios"]["fused/jax"] = {"1": {"median": 0.95}, "32": {"median": 0.8}}
     path.write_text(json.dumps(data))
     verdicts = {name: (verdict, text) for name, verdict, text in
                 report.target_verdicts(report.load_ratios(path))}
     assert verdicts[JAX_TARGET] == (
-        "not met", "1: 0.95x (in place), 32: 0.80x (in place), 128: 1.05x (compiled)")
-    data["ratios"]["inplace/jax"]["128"] = {"median": 0.99}
+        "not met", "1: 0.95x (fused), 32: 0.80x (fused), 128: 1.05x (compiled)")
+    data["ratios"]["fused/jax"]["128"] = {"median": 0.99}
     path.write_text(json.dumps(data))
     verdicts = {name: (verdict, text) for name, verdict, text in
                 report.target_verdicts(report.load_ratios(path))}
     assert verdicts[JAX_TARGET] == (
-        "met", "1: 0.95x (in place), 32: 0.80x (in place), 128: 0.99x (in place)")
+        "met", "1: 0.95x (fused), 32: 0.80x (fused), 128: 0.99x (fused)")
 
 
 def test_report_reads_the_ratios_file_beside_the_run(tmp_path):
@@ -156,11 +162,11 @@ def test_report_reads_the_ratios_file_beside_the_run(tmp_path):
 def test_pictures_are_written_per_device_with_the_peak_as_the_limit(tmp_path):
     report = load_report()
     runs = [bench("step", impl, b, s * b) for b in (1, 32, 128)
-            for impl, s in (("inplace", 1e-5), ("jax", 8e-6), ("autograd", 2e-5))]
-    runs += [bench("scaling", "inplace", 128, 1e-3 * w / 512, width=w) for w in (128, 512)]
+            for impl, s in (("fused", 1e-5), ("jax", 8e-6), ("autograd", 2e-5))]
+    runs += [bench("scaling", "fused", 128, 1e-3 * w / 512, width=w) for w in (128, 512)]
     machine, loaded = report.load_runs(write_run(tmp_path, runs))[0:2]
     series, limit, _ = report.step_series("cpu", loaded)
-    assert set(series) == {"inplace", "jax", "autograd"}
+    assert set(series) == {"fused", "jax", "autograd"}
     assert series["jax"][0] == (1, pytest.approx(8e-6))
     # the time per example that 400 GFLOP/s gives: 2 * 1,001,344 FLOPs / 400e9
     assert limit == pytest.approx(2 * 1_001_344 / 400e9)

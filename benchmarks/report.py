@@ -232,9 +232,15 @@ def target_verdicts(data):
         verdict = "met" if all(v <= limit for _, v, _ in measured) and len(measured) == len(
             batches) else "not met"
         out.append((name, verdict, ", ".join(
-            f"{b}: {v:.2f}x" + (f" ({RATIO_WORDS.get(k, k)})" if len(keys) > 1 else "")
+            f"{b}: {ratio_text(v, limit)}" + (f" ({RATIO_WORDS.get(k, k)})" if len(keys) > 1
+                                              else "")
             for b, v, k in measured)))
     return out
+
+
+def ratio_text(value, limit):
+    """2 decimals, or 3 where 2 would print the limit itself (1.005 is not met: "1.005x")."""
+    return f"{value:.3f}x" if f"{value:.2f}" == f"{limit:.2f}" else f"{value:.2f}x"
 
 
 def ratios_section(data):

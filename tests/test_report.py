@@ -142,6 +142,12 @@ def test_the_jax_target_takes_the_faster_torch_path_at_each_batch(tmp_path):
                 report.target_verdicts(report.load_ratios(path))}
     assert verdicts[JAX_TARGET] == (
         "not met", "1: 0.95x (fused), 32: 0.80x (fused), 128: 1.05x (compiled)")
+    data["ratios"]["fused/jax"]["128"] = {"median": 1.004}  # prints 3 decimals, not "1.00x"
+    path.write_text(json.dumps(data))
+    verdicts = {name: (verdict, text) for name, verdict, text in
+                report.target_verdicts(report.load_ratios(path))}
+    assert verdicts[JAX_TARGET] == (
+        "not met", "1: 0.95x (fused), 32: 0.80x (fused), 128: 1.004x (fused)")
     data["ratios"]["fused/jax"]["128"] = {"median": 0.99}
     path.write_text(json.dumps(data))
     verdicts = {name: (verdict, text) for name, verdict, text in

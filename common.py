@@ -693,9 +693,10 @@ def cpu_description(cpuinfo=None):
     On a CPU, this repository's times are set mostly by the matmul library, and that by the
     widest vector instructions the processor has: the same "AMD EPYC" label (even the same CPU
     family) can name a machine with AVX-512 or one without, and on the development machine
-    torch's float32 matmul differed about 2x between the two. cpuinfo is the text
-    of /proc/cpuinfo (read when None, on Linux); where there is none (macOS, Windows) the
-    result is platform.processor() alone, or "unknown CPU".
+    torch's float32 matmul differed about 2x between the two. cpuinfo is the text of
+    /proc/cpuinfo (read when None, on Linux); without x86 "flags" in it (macOS, Windows, ARM
+    Linux) the result is the CPU's name alone: cpuinfo's model name, else platform.processor(),
+    else platform.machine() (e.g. "aarch64"), else "unknown CPU".
     Needs: Path, platform
     """
     if cpuinfo is None:
@@ -708,7 +709,8 @@ def cpu_description(cpuinfo=None):
         key, sep, value = line.partition(":")
         if sep and key.strip() not in fields:  # the first processor's lines stand for all
             fields[key.strip()] = value.strip()
-    name = fields.get("model name") or platform.processor() or "unknown CPU"
+    name = (fields.get("model name") or platform.processor() or platform.machine()
+            or "unknown CPU")
     if "flags" not in fields:
         return name
     if "cpu family" in fields:

@@ -117,6 +117,10 @@ def test_cpu_description_without_cpuinfo_falls_back_to_the_platform(monkeypatch)
     monkeypatch.setattr(common.platform, "processor", lambda: "arm")
     assert common.cpu_description("") == "arm"
     monkeypatch.setattr(common.platform, "processor", lambda: "")
+    arm = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd sve\n"  # ARM Linux
+    monkeypatch.setattr(common.platform, "machine", lambda: "aarch64")
+    assert common.cpu_description(arm) == "aarch64"
+    monkeypatch.setattr(common.platform, "machine", lambda: "")
     assert common.cpu_description("") == "unknown CPU"
     assert common.cpu_description("model name\t: Some CPU\n") == "Some CPU"
 

@@ -55,7 +55,7 @@ mlp_backward_from = backward.mlp_backward_from
 minibatches, accuracy = common.minibatches, common.accuracy
 add_run_args, atomic_write = common.add_run_args, common.atomic_write
 check_writable_dir, clean_leftovers = common.check_writable_dir, common.clean_leftovers
-cpu_description = common.cpu_description
+device_description = common.device_description
 float_in, install_interrupt_handlers = common.float_in, common.install_interrupt_handlers
 int_in, load_mnist_limited = common.int_in, common.load_mnist_limited
 lock_folder, make_generator = common.lock_folder, common.make_generator
@@ -729,7 +729,7 @@ def load_checkpoint(path):
 def metrics_record(config, device, history, status, started, final=None):
     """The metrics.json contents: config, per-epoch history, final accuracies, machine.
 
-    Needs: time, torch, cpu_description (common)
+    Needs: time, torch, device_description (common)
     """
     return {
         "status": status,  # running (after each epoch) or finished
@@ -739,8 +739,7 @@ def metrics_record(config, device, history, status, started, final=None):
         "train_seconds": sum(h["seconds"] for h in history),
         "total_seconds": time.perf_counter() - started,  # this process, data loading included
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else (
-            cpu_description() if device.type == "cpu" else device.type),
+        "device_name": device_description(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }

@@ -721,6 +721,16 @@ def cpu_description(cpuinfo=None):
     return f"{name}, {widest}" + (", no AVX-512" if widest in ("AVX", "AVX2") else "")
 
 
+def device_description(device):
+    """torch.device -> what it is in words: a GPU's name, the CPU's cpu_description, "mps".
+
+    Needs: cpu_description, torch
+    """
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_description() if device.type == "cpu" else device.type
+
+
 def pick_device(name="auto"):
     """"auto", "cpu", "cuda", "cuda:N" or "mps" -> torch.device; a clear ValueError if absent.
 

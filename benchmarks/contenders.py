@@ -60,13 +60,9 @@ class Skip(Exception):
     """This implementation cannot run here; the message says why."""
 
 
-def device_label(device):
-    """The device in words: the GPU's name, the CPU's with its widest vector instructions
-    (common.cpu_description: AVX2 or AVX-512 roughly halves or doubles the matmul rate),
-    or "mps"."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return common.cpu_description() if device.type == "cpu" else device.type
+# The device in words: a GPU's name, or the CPU with its widest vector instructions (AVX2 or
+# AVX-512 roughly halves or doubles the matmul rate), or "mps".
+device_label = common.device_description
 
 
 def sync(device):

@@ -51,15 +51,15 @@ def best_rate(matmul, sync, sizes, repeats):
     return best
 
 
-def cpu_words():
-    """The CPU and its widest vector instructions (common.cpu_description), e.g. "AMD EPYC
-    (family 25, model 1), AVX2, no AVX-512": the same model name can hide a 2x matmul gap."""
+def device_words(device):
+    """common.device_description: a GPU's name, or the CPU with its widest vector instructions,
+    e.g. "AMD EPYC (family 25, model 1), AVX2, no AVX-512" (one model name can hide a 2x gap)."""
     root = os.path.dirname(HERE)
     if root not in sys.path:
         sys.path.insert(0, root)
     import common
 
-    return common.cpu_description()
+    return common.device_description(device)
 
 
 def measure_torch(device="cpu", sizes=None, repeats=10):
@@ -79,8 +79,7 @@ def measure_torch(device="cpu", sizes=None, repeats=10):
         a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
         return lambda: a @ b
 
-    label = f"cpu: {cpu_words()}" if device.type == "cpu" else (
-        torch.cuda.get_device_name(device) if device.type == "cuda" else "mps")
+    label = f"cpu: {device_words(device)}" if device.type == "cpu" else device_words(device)
     return dict(best_rate(matmul, sync, sizes, repeats), backend="torch",
                 detail=f"torch {torch.__version__} on {label}, {torch.get_num_threads()} threads")
 

@@ -125,6 +125,11 @@ def test_cpu_description_without_cpuinfo_falls_back_to_the_platform(monkeypatch)
     assert common.cpu_description("model name\t: Some CPU\n") == "Some CPU"
 
 
+def test_device_description_names_the_cpu_and_other_devices_by_type():
+    assert common.device_description(torch.device("cpu")) == common.cpu_description()
+    assert common.device_description(torch.device("mps")) == "mps"
+
+
 def test_pick_device_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         common.pick_device("tpu")

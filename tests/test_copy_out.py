@@ -698,6 +698,7 @@ EXAMPLES = {
     "common:check_mnist_counts": lambda: (("t10k-labels", 60_000, "t10k"), {}),
     "common:mps_available": lambda: ((), {}),
     "common:cpu_description": lambda: ((CPUINFO,), {}),
+    "common:device_description": lambda: ((torch.device("cpu"),), {}),
     "common:int_in": lambda: ((0, 10), {}),
     "common:float_in": lambda: ((0, None), {"lo_open": True}),
     "common:finite_or_none": lambda: (({"a": [1.5, math.nan], "b": (-math.inf, 2)},), {}),

@@ -102,9 +102,14 @@ def measure_numpy(sizes=CPU_SIZES, repeats=10):
 
 
 def measure_jax(platform="cpu", sizes=None, repeats=10):
-    """JAX's jit-compiled float32 `a @ b` (XLA) on its platform ("cpu" or "gpu")."""
-    import jax
-    import jax.numpy as jnp
+    """JAX's jit-compiled float32 `a @ b` (XLA) on its platform ("cpu" or "gpu"), in true
+    float32 as torch computes it (jax_step.true_float32: not TensorFloat32 on a GPU)."""
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    from jax_step import import_jax, true_float32
+
+    jax = import_jax()
+    jnp = jax.numpy
 
     device = jax.devices(platform)[0]
     sizes = sizes or (CPU_SIZES if platform == "cpu" else GPU_SIZES)
@@ -117,7 +122,8 @@ def measure_jax(platform="cpu", sizes=None, repeats=10):
         b = jax.device_put(jax.random.uniform(key_b, (n, n), jnp.float32), device)
 
         def once():
-            result[0] = product(a, b)
+            with true_float32(jax, platform):
+                result[0] = product(a, b)
         return once
 
     def sync():

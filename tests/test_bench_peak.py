@@ -87,3 +87,31 @@ def test_ratio_bookkeeping(ratios):
     summary = ratios.summarise(torch_runs, ["fused", "jax"], [32])
     assert summary == {"fused": {"32": {"median_s": 2.0, "best_s": 1.0,
                                           "per_process": [2.0, 3.0, 1.0]}}}
+
+
+class FakeJax:
+    """Stands in for the jax module: records the precision asked for; has only a CPU."""
+
+    def __init__(self):
+        self.asked = []
+
+    def default_matmul_precision(self, value):
+        self.asked.append(value)
+        return value
+
+    def devices(self, platform):
+        if platform != "cpu":
+            raise RuntimeError(f"Unknown backend {platform}")
+        return ["cpu0"]
+
+
+def test_jax_computes_true_float32_on_a_gpu_and_keeps_its_cpu_default():
+    jax_step = load("jax_step")
+    fake = FakeJax()
+    jax_step.true_float32(fake, "gpu")
+    jax_step.true_float32(fake, "cpu")
+    assert fake.asked == ["highest", None]  # not TensorFloat32 on a GPU; untouched on a CPU
+
+
+def test_jax_platforms_lists_every_backend_present_not_only_the_default():
+    assert load("jax_step").platforms(FakeJax()) == ["cpu"]

@@ -318,7 +318,9 @@ def plot_lines(path, series, title, xlabel, ylabel, limit=None, limit_label=None
     for impl in sorted(series, key=lambda i: (STEP_IMPLS + ("?",)).index(i)
                        if i in STEP_IMPLS else 99):
         xs, ys = zip(*series[impl])
-        ax.plot(xs, ys, marker="o", label=impl)
+        # One colour per implementation in every picture (jax is purple in each of them).
+        color = f"C{STEP_IMPLS.index(impl)}" if impl in STEP_IMPLS else None
+        ax.plot(xs, ys, marker="o", label=impl, color=color)
     if limit:
         xs, ys = zip(*limit)
         ax.plot(xs, ys, "k--", label=limit_label)

@@ -199,7 +199,7 @@ def train(params, X, y, epochs, batch_size, lr, generator, progress=False):
         batches = minibatches(X, y, batch_size, generator)
         for xb, yb in tqdm(batches, total=steps, desc=f"epoch {epoch}", leave=False,
                            disable=not progress):
-            z = logreg_forward(params, xb)  # (b,)
+            z = logreg_forward(params, xb)  # (len(xb),): the last batch may be short
             grads = logreg_backward(xb, z, yb)
             params = sgd_step(params, grads, linear_decay(lr, step, epochs * steps))
             step += 1

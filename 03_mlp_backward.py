@@ -67,9 +67,9 @@ def linear_backward(dz, h, W, need_dh=True):
     each gradient has the shape of what it differentiates (dW like W, dh like h).
     Needs: nothing
     """
-    # Z[b, o] = sum_i H[b, i] W[i, o] + b[o], so each weight collects over the batch:
+    # Z[b, o] = sum_i H[b, i] W[i, o] + b_l[o], so each weight collects over the batch:
     dW = h.T @ dz  # (I, O) = (I, B) @ (B, O): dW[i, o] = sum_b H[b, i] dz[b, o]
-    db = dz.sum(dim=0)  # (O,): b is added to every row, so its gradient sums over the rows
+    db = dz.sum(dim=0)  # (O,): b_l is added to every row, so its gradient sums over the rows
     dh = dz @ W.T if need_dh else None  # (B, I) = (B, O) @ (O, I): sum_o dz[b, o] W[i, o]
     return dh, dW, db
 

@@ -54,29 +54,42 @@ def sigmoid(z):
     return torch.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
-def check_labels(y, n_classes):
-    """Refuse labels that are not class indices: y must be (B,) int64 (values in [0, n_classes)).
+def check_labels(y, n_classes, rows=None):
+    """Refuse labels that are not class indices -> y: (B,) int64 in [0, n_classes), B = rows.
 
-    Checking the dtype is free (no wait for a GPU). A value outside [0, n_classes) is caught
-    by one_hot's scatter, which every loss and gradient here goes through, so the loss and its
-    gradient refuse the same labels the same way.
+    One ValueError sentence, the same from every loss, gradient and metric. The dtype and the
+    count (rows: how many logits the labels go with, when known) cost nothing. The range is
+    checked here on a CPU (microseconds); on a GPU that check would make the host wait for the
+    device at every step, so there a label outside [0, n_classes) is caught by one_hot's
+    scatter (or cross_entropy's gather) as a device-side error instead: either way it is never
+    silently read as another class.
     Needs: torch
     """
     if y.dtype != torch.int64 or y.dim() != 1:
         raise ValueError(f"labels must be a 1-D int64 tensor of class indices in [0, "
                          f"{n_classes}), got {y.dtype} of shape {tuple(y.shape)}; convert "
                          "them with y.long() (a uint8 or bool tensor would index as a mask).")
+    if rows is not None and len(y) != rows:
+        raise ValueError(f"got {len(y)} labels for {rows} rows of logits; pass one label per "
+                         "row.")
+    if y.device.type == "cpu" and len(y):
+        lo, hi = (t.item() for t in torch.aminmax(y))  # one pass over y, about 3 us
+        if lo < 0 or hi >= n_classes:
+            bad = int(((y < 0) | (y >= n_classes)).sum())
+            raise ValueError(f"{bad} label(s) lie outside [0, {n_classes}) (smallest {lo}, "
+                             f"largest {hi}); labels must be class indices.")
     return y
 
 
-def one_hot(y, n_classes, dtype):
+def one_hot(y, n_classes, dtype, rows=None):
     """y (B,) int64 in [0, n_classes) -> Y (B, n_classes) of dtype: 1 at [b, y_b], 0 elsewhere.
 
-    scatter_ raises for a label outside [0, n_classes) (a device-side error on a GPU), so a
+    Labels are refused as check_labels says (rows: how many logits they go with, if known);
+    on a GPU, scatter_ raises for a label outside [0, n_classes) as a device-side error, so a
     wrong label is never silently read as another class.
     Needs: check_labels, torch
     """
-    check_labels(y, n_classes)
+    check_labels(y, n_classes, rows)
     Y = torch.zeros(y.shape[0], n_classes, dtype=dtype, device=y.device)  # (B, n_classes)
     return Y.scatter_(1, y.unsqueeze(1), 1.0)
 
@@ -89,7 +102,7 @@ def bce_with_logits(z, y):
     rounds to 0 for z = -1e4). Derivation: docs/01_logistic_regression.md.
     Needs: one_hot, torch
     """
-    t = one_hot(y, 2, z.dtype)[:, 1]  # (B,): 1.0 for class 1, 0.0 for class 0
+    t = one_hot(y, 2, z.dtype, len(z))[:, 1]  # (B,): 1.0 for class 1, 0.0 for class 0
     return (z.clamp(min=0) - z * t + torch.log1p(torch.exp(-z.abs()))).mean()
 
 
@@ -105,8 +118,12 @@ def logreg_init(n_features, generator, dtype=torch.float32, device="cpu"):
 def logreg_forward(params, x):
     """params (w (D,), b (1,)), x (B, D) -> logits z (B,) = x @ w + b.
 
+    x must be a batch: one sample is x[None] (1, D).
     Needs: nothing
     """
+    if x.dim() != 2:
+        raise ValueError(f"x must be a batch of shape (B, D), got shape {tuple(x.shape)}; "
+                         "for a single sample pass x[None].")
     w, b = params
     return x @ w + b
 
@@ -117,8 +134,12 @@ def logreg_backward(x, z, y):
     x (B, D) the inputs, z (B,) the logits logreg_forward gave, y (B,) int64 in {0, 1}.
     Needs: sigmoid, one_hot
     """
+    if x.dim() != 2 or z.shape != (x.shape[0],):
+        raise ValueError(f"x must be a batch (B, D) and z its logits (B,), got shapes "
+                         f"{tuple(x.shape)} and {tuple(z.shape)}; for a single sample pass "
+                         "x[None].")
     B = x.shape[0]
-    t = one_hot(y, 2, z.dtype)[:, 1]  # (B,) float targets, refusing labels as the loss does
+    t = one_hot(y, 2, z.dtype, len(z))[:, 1]  # (B,) float targets, refused as the loss does
     # dL/dp = (p - t) / (B p (1 - p)) and dp/dz = p (1 - p): the product is (p - t) / B,
     # "prediction minus truth" (docs/01_logistic_regression.md, steps 1-12).
     dz = (sigmoid(z) - t) / B  # (B,)
@@ -132,6 +153,9 @@ def linear_decay(lr, step, total_steps):
     around the minimum with the noise of each minibatch.
     Needs: nothing
     """
+    if total_steps < 1 or step < 0:
+        raise ValueError(f"linear_decay needs total_steps >= 1 and step >= 0, got step {step} "
+                         f"of {total_steps}.")
     return lr * max(0.0, 1 - step / total_steps)
 
 
@@ -173,7 +197,7 @@ def binary_metrics(z, y):
 
     Needs: one_hot
     """
-    truth = one_hot(y, 2, z.dtype)[:, 1] > 0.5  # (N,) bool; refuses labels other than 0, 1
+    truth = one_hot(y, 2, z.dtype, len(z))[:, 1] > 0.5  # (N,) bool; refuses labels but 0, 1
     pred = z > 0
     tp = (pred & truth).sum().item()
     fp = (pred & ~truth).sum().item()

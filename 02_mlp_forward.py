@@ -105,7 +105,7 @@ def cross_entropy(logits, y):
     outside [0, C), as the gradient's scatter does (lesson 03).
     Needs: check_labels (01), log_softmax
     """
-    check_labels(y, logits.shape[1])
+    check_labels(y, logits.shape[1], len(logits))
     return -log_softmax(logits).gather(1, y.unsqueeze(1)).mean()
 
 

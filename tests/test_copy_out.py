@@ -12,7 +12,8 @@ lessons and of common.py says in its docstring, on one `Needs:` line, what else 
 - a module the file imports at its top: the module's name (`torch`, `math`; `pathlib` for a
   body that uses `Path` after `from pathlib import Path`) or the name the file binds it to
   (`F` for `import torch.nn.functional as F`); a module-level constant or a private helper of
-  the same file: bare (`N_INPUT`, `_interval`);
+  the same file: bare (`N_INPUT`, `_interval`), and with a constant, whatever its value refers
+  to (`STEPS` holds three step functions: a function using it lists them too);
 - `Needs: nothing` when the body refers to no such name. Builtins are never listed, and a module
   used only through a tensor's methods (`h.T @ dz`) is not referred to, so it is not listed;
   neither is a module the body imports itself (the pasted source carries that import).
@@ -246,14 +247,24 @@ def alias_uses(tag, node):
     return list(dict.fromkeys((alias, attr) for _, alias, attr in sorted(uses)))
 
 
-def expected_needs(tag, node):
-    """What the Needs line must say -> ({name: tag or None}, [problems no Needs line can fix])."""
+def expected_needs(tag, node, _seen=None):
+    """What the Needs line must say -> ({name: tag or None}, [problems no Needs line can fix]).
+
+    A constant has no Needs line of its own, so what its value refers to (`STEPS` holds three
+    step functions) must be on the line of every function that uses it.
+    """
     expected, problems = {}, []
     module_names = bindings(tag)
+    seen = set() if _seen is None else _seen
     for name in referenced_globals(tag, node):
-        kind, detail, _ = module_names.get(name, (None, None, None))
+        kind, detail, stmt = module_names.get(name, (None, None, None))
         if name == getattr(node, "name", None):
             continue  # recursion: the function is pasted anyway
+        if kind == "constant" and name not in seen:
+            seen.add(name)
+            inner, inner_problems = expected_needs(tag, stmt, seen)
+            expected.update((k, v) for k, v in inner.items() if k != getattr(node, "name", None))
+            problems += inner_problems
         if kind in ("def", "constant"):
             expected[name] = None
         elif kind == "module":
@@ -633,6 +644,7 @@ EXAMPLES = {
                                 randn(20, 16, dtype=torch.float32).sigmoid(), labels(20, 3),
                                 small_config(), gen(4), 0, 6, lesson("04").train_step_), {}),
     "04:init_velocity": lambda: ((P(),), {}),
+    "04:check_velocity": lambda: ((P(), P(seed=2)), {}),
     "04:momentum_step": lambda: ((P(), P(seed=2), P(seed=3), 0.1, 0.9), {}),
     "04:momentum_step_": lambda: ((P(), P(seed=2), P(seed=3), 0.1, 0.9), {"weight_decay": 0.01}),
     "04:add_weight_decay": lambda: ((P(seed=3), P(), 0.01), {}),
@@ -966,3 +978,22 @@ def test_readme_copy_example_runs(tmp_path):
     found = re.findall(r"accuracy\D*?([\d.]+)\s*%", done.stdout)
     assert found, f"the README example printed no `accuracy NN.N %`:\n{done.stdout[-2000:]}"
     assert float(found[-1]) > float(threshold.group(1)), done.stdout[-2000:]
+
+
+def test_readme_gives_the_import_line_of_every_module_not_imported_by_its_name():
+    """A Needs line names a module as the lessons import it (`F`, `tqdm`, `pathlib`); where the
+    lesson's import line is not `import NAME`, README's section must show that line, or a
+    user pasting `import tqdm` gets a module where the code calls a function."""
+    prose, _ = readme_example()
+    missing = set()
+    for case in FUNCTIONS:
+        tag, name, node = node_of(case)
+        for bound in referenced_globals(tag, node):
+            kind, detail, _ = bindings(tag).get(bound, (None, None, None))
+            if kind != "module":
+                continue
+            module, line = detail
+            if line not in (f"import {module}", f"import {bound}") and line not in prose:
+                missing.add(f"{line}  (for `{bound}`, e.g. in {case})")
+    assert not missing, ("README's `Copying a function` must show these import lines:\n  "
+                         + "\n  ".join(sorted(missing)))

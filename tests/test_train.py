@@ -385,3 +385,81 @@ def test_sigterm_leaves_a_complete_checkpoint_and_resume_finishes(mnist, tmp_pat
     state = torch.load(out / "checkpoint.pt", weights_only=True)  # complete, loadable
     assert 1 <= state["epoch"] < 40
     assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+
+
+# ----------------------------------------------------------------------------- the velocity
+
+def small_net(dtype=torch.float64):
+    return load_lesson("02_mlp_forward").init_params([5, 4, 3], torch.Generator().manual_seed(0),
+                                                     dtype=dtype)
+
+
+def grads_like(params, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params)
+
+
+def velocity_cases(params):
+    """A velocity that is too short, and one of another dtype (it would promote the params)."""
+    return {"short": train.init_velocity(params)[:2],
+            "float32": tuple(v.float() for v in train.init_velocity(params))}
+
+
+@pytest.mark.parametrize("case", ["short", "float32"])
+def test_every_momentum_update_refuses_a_velocity_unlike_the_parameters(case):
+    params = small_net()
+    velocity = velocity_cases(params)[case]
+    x = torch.rand(6, 5, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    calls = {
+        "momentum_step": lambda: train.momentum_step(params, velocity, grads_like(params), 0.1,
+                                                     0.9),
+        "momentum_step_": lambda: train.momentum_step_([p.clone() for p in params], velocity,
+                                                       grads_like(params), 0.1, 0.9),
+        "train_step": lambda: train.train_step(params, velocity, x, y, 0.1, 0.9),
+        "train_step_": lambda: train.train_step_([p.clone() for p in params], velocity, x, y,
+                                                 0.1, 0.9),
+        "fused_train_step_": lambda: train.fused_train_step_([p.clone() for p in params],
+                                                             velocity, x, y, 0.1, 0.9),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="init_velocity"):
+            call()
+            pytest.fail(f"{name} accepted a {case} velocity")
+
+
+def test_plain_sgd_in_place_needs_no_velocity_and_still_updates_every_parameter():
+    params = [p.clone() for p in small_net()]
+    grads = grads_like(params)
+    expected = [torch.add(p, g, alpha=-0.1) for p, g in zip(params, grads)]
+    train.momentum_step_(params, (), grads, 0.1, 0.0)  # momentum 0: velocity unused
+    assert all(torch.equal(p, e) for p, e in zip(params, expected))
+
+
+def test_momentum_step_in_place_uses_the_gradients_as_scratch_only_with_weight_decay():
+    params = [p.clone() for p in small_net()]
+    grads = grads_like(params)
+    kept = [g.clone() for g in grads]
+    train.momentum_step_(params, list(train.init_velocity(params)), grads, 0.1, 0.9)
+    assert all(torch.equal(g, k) for g, k in zip(grads, kept))  # no weight decay: untouched
+    train.momentum_step_(params, list(train.init_velocity(params)), grads, 0.1, 0.9, 0.5)
+    changed = [not torch.equal(g, k) for g, k in zip(grads, kept)]
+    assert changed == [p.dim() == 2 for p in params]  # as its docstring says: weights only
+
+
+def test_linear_decay_refuses_steps_it_cannot_place():
+    logreg = load_lesson("01_logistic_regression")
+    assert logreg.linear_decay(0.1, 10, 10) == 0.0 and logreg.linear_decay(0.1, 50, 10) == 0.0
+    for step, total in [(0, 0), (-5, 10)]:
+        with pytest.raises(ValueError, match="total_steps >= 1 and step >= 0"):
+            logreg.linear_decay(0.1, step, total)
+
+
+def test_logistic_regression_refuses_a_single_unbatched_sample():
+    logreg = load_lesson("01_logistic_regression")
+    w, b = torch.zeros(5, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"x\[None\]"):
+        logreg.logreg_forward((w, b), torch.rand(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"x\[None\]"):
+        logreg.logreg_backward(torch.rand(5, dtype=torch.float64), torch.zeros(1),
+                               torch.tensor([1]))

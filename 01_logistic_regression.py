@@ -25,16 +25,32 @@ the test set. The report therefore gives precision, recall and F1 for the 9s bes
 It also draws the trained weight vector as a 28x28 picture (weights.png): the "9 detector".
 """
 
-import argparse
-import math
+import signal
 import sys
-import time
-from pathlib import Path
 
-import torch
-from tqdm import tqdm
+if __name__ == "__main__":  # Ctrl-C or SIGTERM, even during the slow imports: one line
+    _signals = []  # the signals received, then "done" once the lesson has finished
 
-import common
+    def _interrupted(signum, frame):
+        if "done" in _signals:  # Python is shutting down: nothing is left to stop
+            return
+        if not _signals:  # one message, however often the key is pressed
+            print("\ninterrupted.", file=sys.stderr)
+        _signals.append(signum)
+        sys.exit(130)
+
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
+
+import argparse  # noqa: E402 (after the early signal handlers, on purpose)
+import math  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import common  # noqa: E402
 
 minibatches, pyplot, save_figure = common.minibatches, common.pyplot, common.save_figure
 add_run_args, check_writable_dir = common.add_run_args, common.check_writable_dir
@@ -304,4 +320,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    try:
+        status = run_main(main)
+    finally:
+        _signals.append("done")
+    sys.exit(130 if len(_signals) > 1 else status)  # an interruption swallowed is no success

@@ -24,15 +24,31 @@ It also shows why He init: the scale of H_l layer by layer through a 10-layer Re
 whose weights are drawn three ways (N(0, 1), N(0, 0.01^2), He).
 """
 
-import argparse
-import importlib
-import math
+import signal
 import sys
-import textwrap
 
-import torch
+if __name__ == "__main__":  # Ctrl-C or SIGTERM, even during the slow imports: one line
+    _signals = []  # the signals received, then "done" once the lesson has finished
 
-import common
+    def _interrupted(signum, frame):
+        if "done" in _signals:  # Python is shutting down: nothing is left to stop
+            return
+        if not _signals:  # one message, however often the key is pressed
+            print("\ninterrupted.", file=sys.stderr)
+        _signals.append(signum)
+        sys.exit(130)
+
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
+
+import argparse  # noqa: E402 (after the early signal handlers, on purpose)
+import importlib  # noqa: E402
+import math  # noqa: E402
+import textwrap  # noqa: E402
+
+import torch  # noqa: E402
+
+import common  # noqa: E402
 
 logreg = importlib.import_module("01_logistic_regression")
 check_labels = logreg.check_labels
@@ -253,4 +269,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    try:
+        status = run_main(main)
+    finally:
+        _signals.append("done")
+    sys.exit(130 if len(_signals) > 1 else status)  # an interruption swallowed is no success

@@ -28,16 +28,32 @@ Run:
     python 03_mlp_backward.py --bug no-mean   # predict which tensors fail, then run it
 """
 
-import argparse
-import importlib
-import math
+import signal
 import sys
-import textwrap
-import time
 
-import torch
+if __name__ == "__main__":  # Ctrl-C or SIGTERM, even during the slow imports: one line
+    _signals = []  # the signals received, then "done" once the lesson has finished
 
-import common
+    def _interrupted(signum, frame):
+        if "done" in _signals:  # Python is shutting down: nothing is left to stop
+            return
+        if not _signals:  # one message, however often the key is pressed
+            print("\ninterrupted.", file=sys.stderr)
+        _signals.append(signum)
+        sys.exit(130)
+
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
+
+import argparse  # noqa: E402 (after the early signal handlers, on purpose)
+import importlib  # noqa: E402
+import math  # noqa: E402
+import textwrap  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+import common  # noqa: E402
 
 logreg = importlib.import_module("01_logistic_regression")
 forward = importlib.import_module("02_mlp_forward")
@@ -578,4 +594,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    try:
+        status = run_main(main)
+    finally:
+        _signals.append("done")
+    sys.exit(130 if len(_signals) > 1 else status)  # an interruption swallowed is no success

@@ -22,9 +22,16 @@ import signal
 import sys
 
 if __name__ == "__main__":  # Ctrl-C and SIGTERM stop the run cleanly even during the imports
+    _phase = ["starting"]  # then "running" (main's own handlers take over), then "done"
+
     def _interrupted_while_starting(signum, frame):
-        print("\ninterrupted while starting; nothing was written.", file=sys.stderr)
-        sys.exit(130)
+        if _phase[0] == "running":  # before main's handlers are in, or after they are gone
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        if _phase[0] == "starting":
+            _phase[0] = "done"  # one message, however often the key is pressed
+            print("\ninterrupted while starting; nothing was written.", file=sys.stderr)
+            sys.exit(130)
+        # "done": the run has said how it ended; a signal while Python shuts down changes nothing
 
     signal.signal(signal.SIGTERM, _interrupted_while_starting)
     signal.signal(signal.SIGINT, _interrupted_while_starting)
@@ -566,6 +573,9 @@ HYPERPARAMETERS = ("hidden", "epochs", "batch_size", "lr", "momentum", "weight_d
                    "rotate", "scale", "elastic", "elastic_sigma", "smoothing", "schedule",
                    "val_size", "seed", "limit", "step")
 CHECKPOINT_FORMAT = "backprop-mnist-checkpoint/2"
+HISTORY_KEYS = ("epoch", "loss", "val_loss", "val_accuracy", "seconds")  # one epoch's record
+RUN_FILES = (".lock", "checkpoint.pt", "metrics.json", "curves.png", "predictions.png",
+             "weights.png", "confusion.png")  # what a run writes into its folder
 MAX_WEIGHTS = 200_000_000  # 0.8 GB of float32 weights: far past what this lesson needs
 
 
@@ -671,6 +681,42 @@ def check_config(config):
             raise ValueError(sentence + ".")
 
 
+def check_saved_config(config):
+    """A config read back from a file, field by field through the command line's own checks
+    -> None, or ValueError naming the field (a checkpoint is only as good as its config).
+
+    Needs: build_parser, HYPERPARAMETERS, PRESETS, argparse, check_config, NO_AUGMENTATION
+    """
+    if not isinstance(config, dict):
+        raise ValueError("its config is not a dict")
+    keys = (*HYPERPARAMETERS, "seed", "limit", "preset")
+    missing = [k for k in keys if k not in config]
+    if missing:
+        raise ValueError(f"its config lacks {', '.join(missing)}")
+    actions = {a.dest: a for a in build_parser()._actions}
+    for key in (*HYPERPARAMETERS, "seed", "limit"):
+        value, action = config[key], actions[key]
+        if action.nargs == "+" and not (isinstance(value, list) and value):
+            raise ValueError(f"its config's {key} is not a list of numbers")
+        values = value if action.nargs == "+" else [value]
+        for v in values:
+            if value is None and key == "limit":
+                continue
+            ok = (isinstance(v, str) if action.type is None else
+                  isinstance(v, (int, float)) and not isinstance(v, bool))
+            try:
+                if not ok:
+                    raise argparse.ArgumentTypeError(f"a {type(v).__name__}")
+                if action.type is not None:
+                    action.type(str(v))
+            except (argparse.ArgumentTypeError, ValueError) as err:
+                raise ValueError(f"its config's {key} = {str(value)[:40]} does not hold: "
+                                 f"{err}") from None
+    if config["preset"] not in PRESETS:
+        raise ValueError(f"its config's preset {config['preset']!r} is unknown")
+    check_config(config)
+
+
 def describe_config(config):
     """One line: the network and the recipe.
 
@@ -715,7 +761,8 @@ def save_checkpoint(path, params, velocity, config, epoch, generator, history):
 def load_checkpoint(path):
     """torch.load(weights_only=True) + checks of every field -> state; ValueError if not ours.
 
-    Needs: pathlib, torch, CHECKPOINT_FORMAT, check_config, N_INPUT, N_CLASSES
+    Needs: pathlib, torch, CHECKPOINT_FORMAT, check_saved_config, N_INPUT, N_CLASSES,
+        HISTORY_KEYS
     """
     path = Path(path)
     if not path.is_file():
@@ -735,11 +782,10 @@ def load_checkpoint(path):
         raise ValueError(damaged.format(f"it lacks {', '.join(sorted(keys - set(state)))}"))
     config = state["config"]
     try:
-        check_config(config)
-        sizes = [N_INPUT, *config["hidden"], N_CLASSES]
-        int(config["seed"]), float(config["lr"]), int(config["epochs"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(damaged.format(f"its config does not hold: {err}")) from None
+        check_saved_config(config)
+    except ValueError as err:
+        raise ValueError(damaged.format(str(err).rstrip("."))) from None
+    sizes = [N_INPUT, *config["hidden"], N_CLASSES]
     shapes = [s for a, b in zip(sizes[:-1], sizes[1:]) for s in ((a, b), (b,))]
     for name in ("params", "velocity"):
         tensors = state[name]
@@ -749,10 +795,19 @@ def load_checkpoint(path):
             raise ValueError(damaged.format(f"its {name} are not float32 tensors of the "
                                             "shapes its config gives"))
     epoch, history, gen = state["epoch"], state["history"], state["generator_state"]
+    number = (int, float, type(None))
     if (not isinstance(epoch, int) or not 1 <= epoch <= config["epochs"]
             or not isinstance(history, list) or len(history) != epoch
+            or any(not isinstance(h, dict) or h.get("epoch") != i
+                   or not all(isinstance(h.get(k, ""), number) for k in HISTORY_KEYS)
+                   or not isinstance(h["seconds"], (int, float))
+                   for i, h in enumerate(history, 1))
             or not isinstance(gen, torch.Tensor) or gen.dtype != torch.uint8):
         raise ValueError(damaged.format("its epoch, history or generator state do not agree"))
+    try:
+        torch.Generator().set_state(gen)
+    except RuntimeError:
+        raise ValueError(damaged.format("its generator state is not one")) from None
     return state
 
 
@@ -762,7 +817,7 @@ def metrics_record(config, device, history, status, started, final=None):
     Needs: time, torch, device_description (common)
     """
     return {
-        "status": status,  # running (after each epoch) or finished
+        "status": status,  # running (after each epoch), finished, interrupted or diverged
         "config": config,
         "history": history,
         **(final or {}),
@@ -988,7 +1043,7 @@ def prepare(args):
     """Everything that can fail on bad input, before any work -> (config, device, out).
 
     Needs: pick_device (common), given_flags, HYPERPARAMETERS, PRESETS, resolve_config, pathlib,
-        check_writable_dir (common), NO_AUGMENTATION
+        check_writable_dir (common), NO_AUGMENTATION, check_no_folders_at, RUN_FILES
     """
     device = pick_device(args.device)
     if args.resume:
@@ -1008,7 +1063,32 @@ def prepare(args):
         raise ValueError(f"no checkpoint at {Path(out) / 'checkpoint.pt'}; train first, or give "
                          "the run's folder with --out.")
     out = check_writable_dir(out)  # created and probed before any training
+    check_no_folders_at(out, RUN_FILES)
     return config, device, out
+
+
+def check_no_folders_at(out, names):
+    """Raise ValueError if a folder sits where the run will write one of its files.
+
+    Needs: nothing
+    """
+    for name in names:
+        if (out / name).is_dir():
+            raise ValueError(f"{out / name} is a folder, where this run writes a file; move it "
+                             "away or give another --out.")
+
+
+def mark_stopped(path, status):
+    """metrics.json's status "running" -> status ("interrupted" or "diverged"), all else kept.
+
+    Needs: json, save_json (common)
+    """
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(record, dict) and record.get("status") == "running":
+        save_json(path, dict(record, status=status))
 
 
 def interrupted_message(args, out):
@@ -1016,10 +1096,11 @@ def interrupted_message(args, out):
 
     Needs: nothing
     """
-    done = "no checkpoint yet"
-    if (out / "checkpoint.pt").is_file():
-        done = f"{out / 'checkpoint.pt'} holds the last finished epoch"
-    return (f"\ninterrupted: {done}; continue with --resume"
+    if not (out / "checkpoint.pt").is_file():
+        return ("\ninterrupted before the first epoch finished: no checkpoint yet; run the "
+                "same command again to start over.")
+    return (f"\ninterrupted: {out / 'checkpoint.pt'} holds the last finished epoch; continue "
+            f"with --resume"
             f"{'' if (args.preset or 'default') == 'default' else ' --preset ' + args.preset}"
             f"{'' if args.out is None else ' --out ' + str(args.out)}.")
 
@@ -1030,7 +1111,7 @@ def main(argv=None):
     Needs: time, parse_args (common), build_parser, run_eval, run_ablation, prepare,
         install_interrupt_handlers (common), lock_folder (common), clean_leftovers (common),
         load_checkpoint, torch, train, show_progress (common), sys, interrupted_message,
-        restore_interrupt_handlers (common)
+        restore_interrupt_handlers (common), mark_stopped
     """
     started = time.perf_counter()
     args = parse_args(build_parser(), argv)
@@ -1050,11 +1131,20 @@ def main(argv=None):
                 if args.preset is not None and args.preset != config["preset"]:
                     raise ValueError(f"{out} holds a run of preset {config['preset']!r}, not "
                                      f"{args.preset!r}; drop --preset or give its folder.")
-            with torch.inference_mode():
-                return train(config, device, out, state, show_progress(args.no_progress),
-                             started, signals)
+            try:
+                with torch.inference_mode():
+                    return train(config, device, out, state, show_progress(args.no_progress),
+                                 started, signals)
+            except (FloatingPointError, KeyboardInterrupt) as err:  # still holding the lock
+                diverged = isinstance(err, FloatingPointError)
+                mark_stopped(out / "metrics.json", "diverged" if diverged else "interrupted")
+                raise
     except FloatingPointError as err:
-        print(f"error: {err}", file=sys.stderr)
+        text = str(err)
+        if args.resume:  # a resumed run keeps its checkpoint's recipe, lr included
+            text = text.replace("try a lower --lr", "start a new run (a new --out, no --resume) "
+                                "with a lower --lr")
+        print(f"error: {text}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(interrupted_message(args, out), file=sys.stderr)
@@ -1146,16 +1236,45 @@ def ablation_table(runs):
     return "\n".join(lines)
 
 
+ABLATION_RUN_KEYS = {"rung": int, "seed": int, "label": str, "config": dict,
+                     "val_accuracy": float, "test_accuracy": float, "train_seconds": float}
+
+
+def read_ablation_runs(path):
+    """The finished runs in an earlier ablation.json -> list (empty when there is none).
+
+    A file that is not one (damaged, or someone else's) is moved aside to
+    ablation.unreadable.json, never overwritten, and the ablation starts afresh.
+    Needs: json, ABLATION_RUN_KEYS, sys
+    """
+    if not path.is_file():
+        return []
+    try:
+        runs = json.loads(path.read_text())["runs"]
+        if not isinstance(runs, list) or not all(
+                isinstance(r, dict) and all(isinstance(r.get(k), (t, int) if t is float else t)
+                                            for k, t in ABLATION_RUN_KEYS.items())
+                for r in runs):
+            raise TypeError("not a list of runs")
+        return runs
+    except (OSError, ValueError, KeyError, TypeError):
+        aside = path.with_name("ablation.unreadable.json")
+        path.replace(aside)
+        print(f"{path} is not an ablation this script wrote: moved it to {aside.name} and "
+              "starting the ablation afresh", file=sys.stderr)
+        return []
+
+
 def run_ablation(args):
     """--ablation: every rung for --seeds seeds -> a table, and ablation.json beside the runs.
 
     Finished runs are kept in ablation.json after each one, so an interrupted ablation goes
     on where it stopped when started again (a run is redone only if its config changed).
-    Needs: given_flags, HYPERPARAMETERS, pick_device (common), pathlib,
-        check_writable_dir (common), install_interrupt_handlers (common), lock_folder (common),
-        clean_leftovers (common), json, sys, ablation_configs, torch, prepare_data, fit,
-        show_progress (common), evaluate, save_json (common), ABLATION,
-        restore_interrupt_handlers (common), ablation_table, mean_std, result_line (common)
+    Needs: given_flags, HYPERPARAMETERS, pick_device (common), pathlib, check_writable_dir (common),
+        install_interrupt_handlers (common), lock_folder (common), clean_leftovers (common), sys,
+        ablation_configs, torch, prepare_data, fit, show_progress (common), evaluate,
+        save_json (common), ABLATION, restore_interrupt_handlers (common), ablation_table,
+        mean_std, result_line (common), check_config, check_no_folders_at, read_ablation_runs
     """
     extra = given_flags(args, [k for k in HYPERPARAMETERS if k not in ("limit", "step")])
     if args.preset is not None or args.resume:
@@ -1163,22 +1282,26 @@ def run_ablation(args):
     if extra:
         raise ValueError(f"--ablation trains its own fixed ladder; drop {', '.join(extra)}.")
     device = pick_device(args.device)
+    todo = [(i, s, label, dict(config, limit=args.limit, step=args.step or "inplace"))
+            for s in range(args.seeds) for i, (label, config) in enumerate(ablation_configs(s))]
+    for _, _, label, config in todo[:len(ABLATION)]:  # every rung's config, before any work
+        try:
+            check_config(config)
+        except ValueError as err:
+            hint = (" (every rung holds 5,000 digits out for validation: give --limit above "
+                    "5,100, or none)" if args.limit is not None else "")
+            raise ValueError(f"--ablation, rung {label!r}: {str(err).rstrip('.')}{hint}.") \
+                from None
     default = Path(__file__).resolve().parent / "runs" / "ablation"
     out = check_writable_dir(args.out if args.out is not None else default)
+    check_no_folders_at(out, (".lock", "ablation.json"))
     path = out / "ablation.json"
     seeds = list(range(args.seeds))
     signals = install_interrupt_handlers()
     try:
         with lock_folder(out):
             clean_leftovers(out)
-            done = []
-            if path.is_file():
-                try:
-                    done = json.loads(path.read_text())["runs"]
-                except (ValueError, KeyError, TypeError):
-                    print(f"{path} is unreadable: starting the ablation afresh", file=sys.stderr)
-            todo = [(i, s, label, dict(config, limit=args.limit, step=args.step or "inplace"))
-                    for s in seeds for i, (label, config) in enumerate(ablation_configs(s))]
+            done = read_ablation_runs(path)
             runs = []
             for n, (i, seed, label, config) in enumerate(todo, 1):
                 kept = [r for r in done if r["rung"] == i and r["config"] == config]
@@ -1222,4 +1345,7 @@ def run_ablation(args):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    _phase[0] = "running"
+    status = run_main(main)
+    _phase[0] = "done"
+    sys.exit(status)

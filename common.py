@@ -557,6 +557,12 @@ def load_mnist(root=None, device="cpu", sources=MNIST_SOURCES, expected_sha256=M
             clean_leftovers(raw_dir.parent)
             clean_leftovers(raw_dir)
         missing = [name for name in MNIST_SHA256 if not (raw_dir / name).is_file()]
+        for name in missing:  # something is there that is no file: never replace it
+            path = raw_dir / name
+            if path.is_symlink() or path.exists():
+                what = "a link to nothing" if path.is_symlink() else "not a file"
+                raise ValueError(f"{path} is {what}; remove it (MNIST is fetched again) or put "
+                                 "the original file there.")
         if missing:
             fetch_mnist(raw_dir, missing, sources, expected_sha256)
         out = []

@@ -47,6 +47,7 @@ import builtins
 import importlib
 import inspect
 import io
+import json
 import math
 import os
 import pathlib
@@ -680,6 +681,14 @@ EXAMPLES = {
     "04:save_checkpoint": lambda tmp: ((tmp / "checkpoint.pt", P(), P(seed=2), small_config(),
                                         2, gen(4), history()), {}),
     "04:load_checkpoint": lambda tmp: ((checkpoint_for_loading(tmp),), {}),
+    "04:check_saved_config": lambda: ((small_config(),), {}),
+    "04:check_no_folders_at": lambda tmp: ((tmp, ("metrics.json", ".lock")), {}),
+    "04:mark_stopped": lambda tmp: ((written(tmp / "metrics.json", {"status": "running",
+                                                                     "history": []}),
+                                     "interrupted"), {}),
+    "04:read_ablation_runs": lambda tmp: ((written(tmp / "ablation.json", {"runs": [
+        {"rung": 0, "seed": 0, "label": "x", "config": {}, "val_accuracy": 0.5,
+         "test_accuracy": 0.5, "train_seconds": 1.0}]}),), {}),
     # started = inf makes total_seconds (now - started) -inf in both calls, not a wall time
     "04:metrics_record": lambda: ((small_config(), torch.device("cpu"), history(), "running",
                                    math.inf), {"final": {"test_accuracy": 0.5}}),
@@ -785,6 +794,12 @@ def uninstall(record):
     snapshot = {"received": list(record["received"]), "previous": dict(record["previous"])}
     lesson("common").restore_interrupt_handlers(record)
     return snapshot
+
+
+def written(path, obj):
+    """path, after writing obj into it as JSON."""
+    path.write_text(json.dumps(obj))
+    return path
 
 
 def checkpoint_for_loading(folder):

@@ -264,3 +264,20 @@ def test_real_mnist_shapes_label_counts_and_checksums(mnist):
     for name, sha in common.MNIST_SHA256.items():
         assert common.sha256_file(raw / name) == sha, name
 
+
+
+@pytest.mark.parametrize("kind", ["folder", "dangling link"])
+def test_something_that_is_no_file_where_mnist_goes_is_named_and_never_replaced(kind, tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    spot = raw / "t10k-labels-idx1-ubyte"
+    if kind == "folder":
+        spot.mkdir()
+    else:
+        spot.symlink_to(tmp_path / "nowhere")
+
+    def refuse(*args):
+        raise AssertionError("fetched over it")
+    with pytest.raises(ValueError, match="a link to nothing|is not a file"):
+        common.load_mnist(tmp_path, sources=(("never", refuse),))
+    assert spot.is_dir() if kind == "folder" else spot.is_symlink()

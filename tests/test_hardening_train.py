@@ -120,16 +120,36 @@ def crafted(tmp_path, edit):
     (lambda s: s.pop("velocity"), "it lacks velocity"),
     (lambda s: s.pop("config"), "it lacks config"),
     (lambda s: s.update(params=[p.double() for p in s["params"]]), "not float32 tensors"),
-    (lambda s: s["config"].pop("hidden"), "its config does not hold"),
+    (lambda s: s["config"].pop("hidden"), "its config lacks hidden"),
+    (lambda s: s["config"].pop("momentum"), "its config lacks momentum"),
     (lambda s: s.update(epoch=5), "do not agree"),
-    (lambda s: s["config"].update(hidden=[2_000_000_000]), "its config does not hold"),
+    (lambda s: s["config"].update(hidden=[2_000_000_000]), "its config's hidden"),
+    (lambda s: s["config"].update(hidden=512), "its config's hidden is not a list"),
+    (lambda s: s["config"].update(batch_size=0), "its config's batch_size = 0 does not hold"),
+    (lambda s: s["config"].update(epochs=7.5), "its config's epochs = 7.5 does not hold"),
+    (lambda s: s["config"].update(momentum="x"), "its config's momentum = x does not hold"),
+    (lambda s: s["config"].update(seed=2**70), "its config's seed"),
+    (lambda s: s["config"].update(val_size=-5), "its config's val_size = -5 does not hold"),
+    (lambda s: s["config"].update(step="bogus"), "--step must be one of"),
+    (lambda s: s["config"].update(preset="nope"), "its config's preset 'nope' is unknown"),
+    (lambda s: s.update(generator_state=torch.zeros(7, dtype=torch.uint8)),
+     "its generator state is not one"),
+    (lambda s: s.update(history=[0]), "do not agree"),
+    (lambda s: s.update(history=[{}]), "do not agree"),
+    (lambda s: s["history"][0].update(seconds="1"), "do not agree"),
 ])
-def test_crafted_checkpoints_are_refused_in_one_sentence(edit, words, tmp_path, capsys):
+@pytest.mark.parametrize("mode", ["--eval", "--resume"])
+def test_crafted_checkpoints_are_refused_in_one_sentence(edit, words, mode, tmp_path, capsys):
     assert train.load_checkpoint(crafted(tmp_path, lambda s: None))["epoch"] == 1  # base: fine
     path = crafted(tmp_path, edit)
-    assert run("--eval", path, "--device", "cpu") == 2
+    if mode == "--eval":
+        assert run("--eval", path, "--device", "cpu") == 2
+    else:
+        path.rename(tmp_path / "checkpoint.pt")
+        assert run("--resume", "--out", tmp_path, "--device", "cpu") == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and words in err and err.count("\n") == 1
+    assert "is damaged" in err and "train again or use another checkpoint" in err
 
 
 @posix_only
@@ -141,6 +161,32 @@ def test_sigterm_during_the_imports_is_a_clean_interruption():
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
+
+
+@posix_only
+@pytest.mark.parametrize("lesson", ["01_logistic_regression.py", "02_mlp_forward.py",
+                                    "03_mlp_backward.py", "04_train_mnist.py"])
+def test_ctrl_c_pressed_again_and_again_while_starting_gives_one_line(lesson):
+    proc = subprocess.Popen([sys.executable, lesson, "--device", "cpu"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.4)  # python is up, torch is still importing
+    for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM):
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        time.sleep(0.01)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (130, 143), err  # 143: a signal that came as Python shut down
+    assert err.count("interrupted") == 1 and "Traceback" not in err, err
+
+
+def test_an_interruption_before_the_first_checkpoint_does_not_suggest_resume(tmp_path):
+    import argparse
+
+    message = train.interrupted_message(argparse.Namespace(preset=None, out=tmp_path), tmp_path)
+    assert "--resume" not in message and "run the same command again" in message
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    message = train.interrupted_message(argparse.Namespace(preset=None, out=tmp_path), tmp_path)
+    assert f"continue with --resume --out {tmp_path}" in message
 
 
 class _SignalOnCollect:
@@ -167,4 +213,64 @@ def test_a_sigterm_swallowed_while_plotting_is_never_reported_as_success(mnist, 
     assert run(*TINY, "--out", out) == 130
     captured = capsys.readouterr()
     assert "interrupted:" in captured.err and "wrote" not in captured.out
-    assert strict_json(out / "metrics.json")["status"] == "running"
+    assert strict_json(out / "metrics.json")["status"] == "interrupted"  # not "running"
+
+
+@pytest.mark.parametrize("name", ["curves.png", "checkpoint.pt", "metrics.json", ".lock"])
+def test_a_folder_where_the_run_writes_a_file_stops_it_before_any_work(name, tmp_path, capsys):
+    (tmp_path / "run" / name).mkdir(parents=True)
+    assert run(*TINY, "--out", tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'run' / name} is a folder, where this run writes a file" in err
+    assert err.count("\n") == 1
+    assert name == "metrics.json" or not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_stopped_run_says_so_in_metrics_json_and_a_finished_one_stays_finished(tmp_path):
+    path = tmp_path / "metrics.json"
+    common.save_json(path, {"status": "running", "history": [{"epoch": 1}]})
+    train.mark_stopped(path, "diverged")
+    assert strict_json(path) == {"status": "diverged", "history": [{"epoch": 1}]}
+    common.save_json(path, {"status": "finished"})
+    train.mark_stopped(path, "interrupted")
+    assert strict_json(path)["status"] == "finished"
+    train.mark_stopped(tmp_path / "absent.json", "interrupted")  # nothing there: nothing done
+    assert not (tmp_path / "absent.json").exists()
+
+
+@pytest.mark.mnist
+def test_a_resumed_run_that_diverges_does_not_suggest_a_flag_resume_refuses(mnist, tmp_path,
+                                                                           capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert run(*TINY, "--out", out) == 0
+    capsys.readouterr()
+
+    def diverge(*args, **kwargs):
+        raise FloatingPointError("the loss became nan at epoch 2, step 3 of 8 (lr 0.1); training "
+                                 "stopped and no checkpoint was written for this epoch: try a "
+                                 "lower --lr (e.g. a tenth).")
+    monkeypatch.setattr(train, "train", diverge)
+    assert run("--resume", "--out", out, "--device", "cpu", "--no-progress") == 1
+    err = capsys.readouterr().err
+    assert "start a new run (a new --out, no --resume) with a lower --lr" in err
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--step", "bogus"], "--step must be one of"),
+    (["--limit", "2000"], "give --limit above 5,100, or none"),
+])
+def test_the_ablation_checks_every_rung_before_any_work(flags, words, tmp_path, capsys):
+    assert run("--ablation", "--seeds", "1", "--device", "cpu", "--out", tmp_path, *flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --ablation, rung ") and words in err and err.count("\n") == 1
+    assert not (tmp_path / "ablation.json").exists()
+
+
+@pytest.mark.parametrize("text", ['{"runs": [1]}', "not json", '{"rungs": []}',
+                                  '{"runs": [{"rung": "0"}]}'])
+def test_an_unreadable_ablation_file_is_moved_aside_never_overwritten(text, tmp_path, capsys):
+    path = tmp_path / "ablation.json"
+    path.write_text(text)
+    assert train.read_ablation_runs(path) == []
+    assert (tmp_path / "ablation.unreadable.json").read_text() == text and not path.exists()
+    assert "moved it to ablation.unreadable.json" in capsys.readouterr().err

@@ -1004,9 +1004,11 @@ def train(config, device, out, state, progress, started, signals):
     record = metrics_record(config, device, history, "finished", started, final)
     save_json(out / "metrics.json", record)
     val = "" if val_acc is None else f" | val {val_acc:.2%}"
+    whole = ("in all (data, evaluation and pictures included)" if state is None else
+             "in this resumed process (the epochs before it excluded)")
     print(f"train accuracy {train_acc:.2%}{val} | test {test_acc:.2%} | "
           f"{record['train_seconds']:.1f} s in the epochs, {record['total_seconds']:.1f} s "
-          "in all (data, evaluation and pictures included)")
+          f"{whole}")
     print(f"wrote {out}: metrics.json, checkpoint.pt, curves.png, predictions.png, weights.png, "
           "confusion.png")
     print(result_line(test_accuracy=test_acc, val_accuracy=val_acc,

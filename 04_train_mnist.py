@@ -682,8 +682,11 @@ def check_config(config):
 
 
 def check_saved_config(config):
-    """A config read back from a file, field by field through the command line's own checks
-    -> None, or ValueError naming the field (a checkpoint is only as good as its config).
+    """Check a config read back from a file through the command line's own rules -> None.
+
+    Each field goes through its flag's argparse type (so a checkpoint cannot hold what the
+    command line would refuse, such as batch_size 0), then check_config; ValueError names
+    the first field that fails.
 
     Needs: build_parser, HYPERPARAMETERS, PRESETS, argparse, check_config, NO_AUGMENTATION
     """
@@ -696,12 +699,11 @@ def check_saved_config(config):
     actions = {a.dest: a for a in build_parser()._actions}
     for key in (*HYPERPARAMETERS, "seed", "limit"):
         value, action = config[key], actions[key]
+        if key == "limit" and value is None:  # None: all the training digits
+            continue
         if action.nargs == "+" and not (isinstance(value, list) and value):
             raise ValueError(f"its config's {key} is not a list of numbers")
-        values = value if action.nargs == "+" else [value]
-        for v in values:
-            if value is None and key == "limit":
-                continue
+        for v in value if action.nargs == "+" else [value]:
             ok = (isinstance(v, str) if action.type is None else
                   isinstance(v, (int, float)) and not isinstance(v, bool))
             try:

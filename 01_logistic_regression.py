@@ -73,12 +73,13 @@ def sigmoid(z):
 def check_labels(y, n_classes, rows=None):
     """Refuse labels that are not class indices -> y: (B,) int64 in [0, n_classes), B = rows.
 
-    One ValueError sentence, the same from every loss, gradient and metric. The dtype and the
-    count (rows: how many logits the labels go with, when known) cost nothing. The range is
-    checked here on a CPU (microseconds); on a GPU that check would make the host wait for the
-    device at every step, so there a label outside [0, n_classes) is caught by one_hot's
-    scatter (or cross_entropy's gather) as a device-side error instead: either way it is never
-    silently read as another class.
+    A wrong dtype or shape, or a count other than rows (how many logits the labels go with,
+    when known), gets one ValueError sentence from every loss, gradient and metric; checking
+    them costs nothing. The values are not read here: that would make the host wait for a
+    GPU at every step (and split a torch.compile graph). A label outside [0, n_classes) is
+    caught instead by one_hot's scatter or cross_entropy's gather, so the loss and its
+    gradient refuse it alike ("index 3 is out of bounds ...", a device-side error on a GPU),
+    and never read it as another class.
     Needs: torch
     """
     if y.dtype != torch.int64 or y.dim() != 1:
@@ -88,21 +89,15 @@ def check_labels(y, n_classes, rows=None):
     if rows is not None and len(y) != rows:
         raise ValueError(f"got {len(y)} labels for {rows} rows of logits; pass one label per "
                          "row.")
-    if y.device.type == "cpu" and len(y):
-        lo, hi = (t.item() for t in torch.aminmax(y))  # one pass over y, about 3 us
-        if lo < 0 or hi >= n_classes:
-            bad = int(((y < 0) | (y >= n_classes)).sum())
-            raise ValueError(f"{bad} label(s) lie outside [0, {n_classes}) (smallest {lo}, "
-                             f"largest {hi}); labels must be class indices.")
     return y
 
 
 def one_hot(y, n_classes, dtype, rows=None):
     """y (B,) int64 in [0, n_classes) -> Y (B, n_classes) of dtype: 1 at [b, y_b], 0 elsewhere.
 
-    Labels are refused as check_labels says (rows: how many logits they go with, if known);
-    on a GPU, scatter_ raises for a label outside [0, n_classes) as a device-side error, so a
-    wrong label is never silently read as another class.
+    Labels are refused as check_labels says (rows: how many logits they go with, if known),
+    and scatter_ raises for a label outside [0, n_classes) (a device-side error on a GPU), so
+    a wrong label is never silently read as another class.
     Needs: check_labels, torch
     """
     check_labels(y, n_classes, rows)

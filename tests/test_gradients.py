@@ -282,16 +282,16 @@ def test_labels_of_a_wrong_dtype_raise_one_clear_error_everywhere(user, dtype):
 @pytest.mark.parametrize("user", sorted(LABEL_USERS))
 @pytest.mark.parametrize("bad", [-1, 3, 100])
 def test_labels_out_of_range_raise_in_the_loss_and_its_gradient_alike(user, bad):
-    # On a CPU, one ValueError sentence from every function (on a GPU the range is left to
-    # scatter/gather's device-side error: checking it would make the host wait every step).
-    with pytest.raises(ValueError, match=r"1 label\(s\) lie outside \[0, 3\)"):
+    # scatter/gather refuse it in the losses and gradients (reading the values in a check
+    # would make the host wait for a GPU every step); accuracy reads them anyway and says so
+    with pytest.raises((ValueError, RuntimeError), match="out of bounds|outside"):
         LABEL_USERS[user](torch.tensor([0, bad, 1, 2]))
 
 
 @pytest.mark.parametrize("user", sorted(BINARY_USERS))
 @pytest.mark.parametrize("bad", [-1, 2])
 def test_binary_labels_other_than_0_and_1_raise(user, bad):
-    with pytest.raises(ValueError, match=r"1 label\(s\) lie outside \[0, 2\)"):
+    with pytest.raises((ValueError, RuntimeError), match="out of bounds|outside"):
         BINARY_USERS[user](torch.tensor([0, bad, 1, 0]))
 
 
@@ -303,10 +303,3 @@ def test_one_label_per_row_of_logits_or_one_clear_error(user, count):
     with pytest.raises(ValueError, match=f"got {count} labels for 4 rows|one per row"):
         fn(torch.zeros(count, dtype=torch.int64))
 
-
-def test_the_label_range_check_runs_only_where_it_costs_no_wait():
-    y = torch.tensor([0, 3])
-    with pytest.raises(ValueError, match="outside"):
-        logreg.check_labels(y, 3)
-    meta = torch.tensor([0, 3], device="meta")  # any device but the CPU: no range check
-    assert logreg.check_labels(meta, 3) is meta

@@ -175,7 +175,9 @@ def test_ctrl_c_pressed_again_and_again_while_starting_gives_one_line(lesson):
             proc.send_signal(sig)
         time.sleep(0.01)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode in (130, 143), err  # 143: a signal that came as Python shut down
+    # 130 from the handler; or, when a later signal lands after Python's shutdown has given
+    # the signals back to the OS, killed by that signal (-2, -15): the message came first.
+    assert proc.returncode in (130, -signal.SIGINT, -signal.SIGTERM), err
     assert err.count("interrupted") == 1 and "Traceback" not in err, err
 
 

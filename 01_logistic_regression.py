@@ -28,7 +28,10 @@ It also draws the trained weight vector as a 28x28 picture (weights.png): the "9
 import signal
 import sys
 
-if __name__ == "__main__":  # Ctrl-C or SIGTERM, even during the slow imports: one line
+# Engineering, not the lesson (the lesson starts below the imports). It comes before
+# "import torch", which takes seconds, so that Ctrl-C or SIGTERM while torch loads
+# prints one line instead of a traceback.
+if __name__ == "__main__":
     _signals = []  # the signals received, then "done" once the lesson has finished
 
     def _interrupted(signum, frame):
@@ -70,28 +73,6 @@ def sigmoid(z):
     return torch.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
-def check_labels(y, n_classes, rows=None):
-    """Refuse labels that are not class indices -> y: (B,) int64 in [0, n_classes), B = rows.
-
-    A wrong dtype or shape, or a count other than rows (how many logits the labels go with,
-    when known), gets one ValueError sentence from every loss, gradient and metric; checking
-    them costs nothing. The values are not read here: that would make the host wait for a
-    GPU at every step (and split a torch.compile graph). A label outside [0, n_classes) is
-    caught instead by one_hot's scatter or cross_entropy's gather, so the loss and its
-    gradient refuse it alike ("index 3 is out of bounds ...", a device-side error on a GPU),
-    and never read it as another class.
-    Needs: torch
-    """
-    if y.dtype != torch.int64 or y.dim() != 1:
-        raise ValueError(f"labels must be a 1-D int64 tensor of class indices in [0, "
-                         f"{n_classes}), got {y.dtype} of shape {tuple(y.shape)}; convert "
-                         "them with y.long() (a uint8 or bool tensor would index as a mask).")
-    if rows is not None and len(y) != rows:
-        raise ValueError(f"got {len(y)} labels for {rows} rows of logits; pass one label per "
-                         "row.")
-    return y
-
-
 def one_hot(y, n_classes, dtype, rows=None):
     """y (B,) int64 in [0, n_classes) -> Y (B, n_classes) of dtype: 1 at [b, y_b], 0 elsewhere.
 
@@ -113,7 +94,9 @@ def bce_with_logits(z, y):
     rounds to 0 for z = -1e4). Derivation: docs/01_logistic_regression.md.
     Needs: one_hot, torch
     """
-    t = one_hot(y, 2, z.dtype, len(z))[:, 1]  # (B,): 1.0 for class 1, 0.0 for class 0
+    # (B,) float targets: y.to(z.dtype), but through one_hot, so that a label other than
+    # 0 or 1 is refused (by its scatter) instead of silently entering the loss.
+    t = one_hot(y, 2, z.dtype, len(z))[:, 1]  # 1.0 for class 1, 0.0 for class 0
     return (z.clamp(min=0) - z * t + torch.log1p(torch.exp(-z.abs()))).mean()
 
 
@@ -150,7 +133,7 @@ def logreg_backward(x, z, y):
                          f"{tuple(x.shape)} and {tuple(z.shape)}; for a single sample pass "
                          "x[None].")
     B = x.shape[0]
-    t = one_hot(y, 2, z.dtype, len(z))[:, 1]  # (B,) float targets, refused as the loss does
+    t = one_hot(y, 2, z.dtype, len(z))[:, 1]  # (B,) float targets, checked as the loss does
     # dL/dp = (p - t) / (B p (1 - p)) and dp/dz = p (1 - p): the product is (p - t) / B,
     # "prediction minus truth" (docs/01_logistic_regression.md, steps 1-12).
     dz = (sigmoid(z) - t) / B  # (B,)
@@ -173,13 +156,15 @@ def linear_decay(lr, step, total_steps):
 def sgd_step(params, grads, lr):
     """One step of gradient descent -> new tuple of p - lr * g (params and grads unchanged).
 
-    Each gradient must have its parameter's dtype and shape: a float64 gradient would
-    otherwise silently turn float32 parameters into float64.
+    Each gradient must have its parameter's shape, dtype and device: a float64 gradient
+    would otherwise silently turn float32 parameters into float64.
     Needs: check_grads, torch
     """
     check_grads(params, grads)
     return tuple(torch.add(p, g, alpha=-lr) for p, g in zip(params, grads))  # p - lr * g
 
+
+# The checks the functions above call: a wrong input gets one sentence, not a wrong answer.
 
 def check_grads(params, grads):
     """Raise ValueError unless grads match params one to one in shape, dtype and device.
@@ -193,6 +178,25 @@ def check_grads(params, grads):
             raise ValueError(f"gradient {i} is {g.dtype} {tuple(g.shape)} on {g.device} but its "
                              f"parameter is {p.dtype} {tuple(p.shape)} on {p.device}; convert "
                              "the gradient (g.to(p)) before the update.")
+
+
+def check_labels(y, n_classes, rows=None):
+    """Refuse labels that are not class indices -> y (B,) int64 in [0, n_classes), unchanged.
+
+    A wrong dtype or shape, or a count other than rows (the number of logits they go with,
+    when known), gets one ValueError sentence. The values are not read here (on a GPU that
+    would make Python wait at every step): a label outside [0, n_classes) is refused by
+    one_hot's scatter or cross_entropy's gather instead, in the loss and its gradient alike.
+    Needs: torch
+    """
+    if y.dtype != torch.int64 or y.dim() != 1:
+        raise ValueError(f"labels must be a 1-D int64 tensor of class indices in [0, "
+                         f"{n_classes}), got {y.dtype} of shape {tuple(y.shape)}; convert "
+                         "them with y.long() (a uint8 or bool tensor would index as a mask).")
+    if rows is not None and len(y) != rows:
+        raise ValueError(f"got {len(y)} labels for {rows} rows of logits; pass one label per "
+                         "row.")
+    return y
 
 
 def is_nine(y):
@@ -238,8 +242,11 @@ def train(params, X, y, epochs, batch_size, lr, generator, progress=False):
             grads = logreg_backward(xb, z, yb)
             params = sgd_step(params, grads, linear_decay(lr, step, epochs * steps))
             step += 1
+        # The mean BCE over all of X with the weights as the epoch left them (not an average
+        # of the minibatches' losses). Each step follows one noisy minibatch, so it need not
+        # fall every epoch; the shrinking lr makes it settle.
         loss = bce_with_logits(logreg_forward(params, X), y).item()
-        print(f"epoch {epoch:>{len(str(epochs))}}/{epochs} | loss {loss:.4f} | "
+        print(f"epoch {epoch:>{len(str(epochs))}}/{epochs} | train loss {loss:.4f} | "
               f"{time.perf_counter() - start:4.1f} s")
     return params
 
@@ -273,8 +280,10 @@ def main(argv=None):
     """
     parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int_in(1, 10_000), default=10)
-    parser.add_argument("--batch-size", type=int_in(1, 60_000), default=64)
+    parser.add_argument("--epochs", type=int_in(1, 10_000), default=10,
+                        help="passes over the training digits (default 10)")
+    parser.add_argument("--batch-size", type=int_in(1, 60_000), default=64,
+                        help="digits per SGD step (default 64)")
     parser.add_argument("--lr", type=float_in(0, None, lo_open=True), default=0.5,
                         help="first learning rate; decays to 0")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "runs" / "01"),

@@ -5,8 +5,8 @@ the shape of every tensor in it, and explain why its weights start as He-normal.
 notation, used the same way in every lesson, docstring and docs/ page:
 
     H_0 = X                       the input batch                     (B, 784)
-    Z_l = H_{l-1} W_l + b_l       pre-activation of layer l           (B, n_l)
-    H_l = relu(Z_l)               activation of layer l (l < n)       (B, n_l)
+    Z_l = H_{l-1} W_l + b_l       pre-activation of layer l           (B, d_l)
+    H_l = relu(Z_l)               activation of layer l (l < n)       (B, d_l)
     Z_n                           the logits                          (B, 10)
     P = softmax(Z_n)              probabilities, each row sums to 1   (B, 10)
     L = mean over the batch of -log P[b, y_b]                         scalar
@@ -27,7 +27,10 @@ whose weights are drawn three ways (N(0, 1), N(0, 0.01^2), He).
 import signal
 import sys
 
-if __name__ == "__main__":  # Ctrl-C or SIGTERM, even during the slow imports: one line
+# Engineering, not the lesson (the lesson starts below the imports). It comes before
+# "import torch", which takes seconds, so that Ctrl-C or SIGTERM while torch loads
+# prints one line instead of a traceback.
+if __name__ == "__main__":
     _signals = []  # the signals received, then "done" once the lesson has finished
 
     def _interrupted(signum, frame):
@@ -50,6 +53,8 @@ import torch  # noqa: E402
 
 import common  # noqa: E402
 
+# The earlier lessons' functions. A module name cannot start with a digit, so a plain
+# "import 01_logistic_regression" is a syntax error; importlib takes the name as a string.
 logreg = importlib.import_module("01_logistic_regression")
 check_labels = logreg.check_labels
 add_run_args, int_in, load_mnist = common.add_run_args, common.int_in, common.load_mnist
@@ -140,7 +145,7 @@ def mlp_forward(params, x):
     h = x
     cache = [x]
     for i in range(0, len(params) - 2, 2):
-        h = relu(linear_forward(h, params[i], params[i + 1]))  # H_l (B, n_l)
+        h = relu(linear_forward(h, params[i], params[i + 1]))  # H_l (B, d_l)
         cache.append(h)
     logits = linear_forward(h, params[-2], params[-1])  # Z_n (B, C)
     cache.append(logits)

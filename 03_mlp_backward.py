@@ -31,7 +31,10 @@ Run:
 import signal
 import sys
 
-if __name__ == "__main__":  # Ctrl-C or SIGTERM, even during the slow imports: one line
+# Engineering, not the lesson (the lesson starts below the imports). It comes before
+# "import torch", which takes seconds, so that Ctrl-C or SIGTERM while torch loads
+# prints one line instead of a traceback.
+if __name__ == "__main__":
     _signals = []  # the signals received, then "done" once the lesson has finished
 
     def _interrupted(signum, frame):
@@ -55,6 +58,8 @@ import torch  # noqa: E402
 
 import common  # noqa: E402
 
+# The earlier lessons' functions. A module name cannot start with a digit, so a plain
+# "import 01_logistic_regression" is a syntax error; importlib takes the name as a string.
 logreg = importlib.import_module("01_logistic_regression")
 forward = importlib.import_module("02_mlp_forward")
 one_hot, check_labels = logreg.one_hot, logreg.check_labels

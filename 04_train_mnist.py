@@ -21,7 +21,10 @@ signals and pictures, which a learner may skip. Derivations: docs/04_train_mnist
 import signal
 import sys
 
-if __name__ == "__main__":  # Ctrl-C and SIGTERM stop the run cleanly even during the imports
+# Engineering, not the lesson (the lesson starts below the imports). It comes before
+# "import torch", which takes seconds, so that Ctrl-C or SIGTERM while torch loads
+# prints one line instead of a traceback.
+if __name__ == "__main__":
     _phase = ["starting"]  # then "running" (main's own handlers take over), then "done"
 
     def _interrupted_while_starting(signum, frame):
@@ -50,6 +53,8 @@ from tqdm import tqdm  # noqa: E402
 
 import common  # noqa: E402
 
+# The earlier lessons' functions. A module name cannot start with a digit, so a plain
+# "import 01_logistic_regression" is a syntax error; importlib takes the name as a string.
 logreg = importlib.import_module("01_logistic_regression")
 forward = importlib.import_module("02_mlp_forward")
 backward = importlib.import_module("03_mlp_backward")

@@ -33,7 +33,7 @@ def test_01_trains_on_a_slice_and_reports_class_9_metrics(mnist, capsys):
     result = result_of(out)
     assert set(result) >= {"test_accuracy", "precision", "recall", "f1", "baseline_accuracy", "ok"}
     assert float(result["test_accuracy"]) > float(result["baseline_accuracy"])
-    assert result["ok"] == "true" and "epoch 2/2 | loss" in out
+    assert result["ok"] == "true" and "epoch 2/2 | train loss" in out
 
 
 @pytest.mark.mnist

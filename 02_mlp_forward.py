@@ -64,7 +64,7 @@ run_main = common.run_main
 
 
 def init_params(sizes, generator=None, dtype=torch.float32, device="cpu"):
-    """sizes (D, n_1, ..., C) -> (W1, b1, ..., Wn, bn), W (fan_in, fan_out), b (fan_out,).
+    """sizes (D, d_1, ..., C) -> (W1, b1, ..., Wn, bn), W (fan_in, fan_out), b (fan_out,).
 
     He-normal: W ~ N(0, 2 / fan_in), b = 0, so the ReLU layers keep their activations' scale
     (docs/02_mlp_forward.md derives the 2; main shows it). The draws happen on the CPU from

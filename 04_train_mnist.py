@@ -908,7 +908,7 @@ def plot_predictions(X, y, pred, path, title, n_first=40, n_mistakes=20, cols=10
 
 
 def plot_first_layer(W1, path, title, n_units=64, cols=16):
-    """weights.png: the first n_units columns of W1 (784, n_1), each as a 28x28 image.
+    """weights.png: the first n_units columns of W1 (784, d_1), each as a 28x28 image.
 
     Needs: mosaic, pyplot (common), save_figure (common), math
     """

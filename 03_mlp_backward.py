@@ -122,7 +122,7 @@ def mlp_backward_from(params, cache, dlogits):
         if i > 0:
             dz = relu_backward(dh, h)  # delta_{l-1} (B, in): through the ReLU that made h
     # The first layer's dh would be the gradient for the pixels: nobody needs it, and
-    # skipping it saves a matmul as large as the largest one left (dW_1: 784 x 512 per example).
+    # skipping it saves a matmul with as many multiply-adds as dW_1's (784 * 512 per example).
     return tuple(grads)
 
 
@@ -169,15 +169,17 @@ def notebook_mlp_backward(params, cache, y):
     """
     return mlp_backward_from(params, cache, notebook_softmax_cross_entropy_backward(cache[-1], y))
 
-add_run_args, float_in, int_in = common.add_run_args, common.float_in, common.int_in
-make_generator = common.make_generator
-parse_args, pick_device, result_line = common.parse_args, common.pick_device, common.result_line
-run_main = common.run_main
 
 
 # ============================================================================= checking it
 # Below: the tools that check the lesson's functions (finite differences, shapes, timing)
 # and the exercises. Nothing above depends on them.
+
+# common.py's helpers for the command line, under short names.
+add_run_args, float_in, int_in = common.add_run_args, common.float_in, common.int_in
+make_generator = common.make_generator
+parse_args, pick_device, result_line = common.parse_args, common.pick_device, common.result_line
+run_main = common.run_main
 
 def random_params(sizes, generator, dtype=torch.float64, device="cpu"):
     """He-normal weights and random non-zero biases: a zero bias could hide a wrong db.
@@ -266,8 +268,9 @@ def gradient_check(sizes, generator, device, backward=None, batch=4, entries=6, 
 # The networks the check runs on, (sizes, largest logit, eps): depths 1 to 4, then one whose
 # inputs are scaled so that its logits reach 2,000 (where an unshifted softmax overflows, even
 # in float64); its loss is in the thousands too, so a larger eps keeps rounding small.
-# Every network ends in 3 classes while the batch is 4, so delta is never square and a wrong
-# transpose or sum over the wrong axis cannot slip through with the right shape.
+# No W is square (all widths differ), so a transposed dW has the wrong shape; and every
+# network ends in 3 classes while the batch is 4, so delta is never square and a bias
+# gradient summed over the wrong axis has the wrong shape too.
 CHECK_NETWORKS = (([6, 3], None, 1e-6), ([6, 5, 3], None, 1e-6), ([7, 6, 5, 3], None, 1e-6),
                   ([8, 7, 6, 5, 3], None, 1e-6), ([8, 7, 6, 5, 3], 2000.0, 1e-4))
 
@@ -589,6 +592,8 @@ def main(argv=None):
                 verdict = ("within this machine's noise (the quartiles straddle 1.0): no "
                            "difference shown")
             print(f"   batch {B}: the notebook's whole backward pass is {verdict}.")
+        print("   (a ratio is the median of the rounds' own ratios, so while the machine's speed "
+              "drifts it can differ\n   from the ratio of the two medians beside it)")
 
     ok = grad_ok and jac_ok
     print(f"\nverdict: {'every check passed' if ok else 'CHECK FAILED'}")

@@ -65,17 +65,6 @@ init_params, mlp_forward, cross_entropy = (forward.init_params, forward.mlp_forw
                                            forward.cross_entropy)
 mlp_backward_from = backward.mlp_backward_from
 minibatches, accuracy = common.minibatches, common.accuracy
-add_run_args, atomic_write = common.add_run_args, common.atomic_write
-check_writable_dir, clean_leftovers = common.check_writable_dir, common.clean_leftovers
-device_description = common.device_description
-float_in, install_interrupt_handlers = common.float_in, common.install_interrupt_handlers
-int_in, load_mnist_limited = common.int_in, common.load_mnist_limited
-lock_folder, make_generator = common.lock_folder, common.make_generator
-parse_args, pick_device = common.parse_args, common.pick_device
-pyplot, restore_interrupt_handlers = common.pyplot, common.restore_interrupt_handlers
-result_line, run_main = common.result_line, common.run_main
-save_figure, save_json, show_progress = common.save_figure, common.save_json, common.show_progress
-train_val_split = common.train_val_split
 
 
 # ---------------------------------------------------------------------------- the step and the loop
@@ -131,9 +120,10 @@ def train_epoch(params, velocity, X, y, config, generator, first_step, total_ste
     learning rate of this step, take one step. Each step's loss stays on the device; every
     check_every steps they are read back at once (one wait for the device, not one per step)
     and a NaN or infinity stops the run with FloatingPointError.
-    Needs: torch, tqdm, minibatches (common), augment_batch, learning_rate, train_step
+    Needs: torch, tqdm, minibatches (common), augment_batch, learning_rate, train_step,
+        check_finite_losses
     """
-    steps = -(-len(X) // config["batch_size"])
+    steps = -(-len(X) // config["batch_size"])  # ceil(N / batch_size): the last may be short
     losses = torch.empty(steps, device=X.device)  # (steps,)
     bar = tqdm(total=steps, leave=False, disable=not progress, unit="step")
     checked = 0
@@ -146,14 +136,8 @@ def train_epoch(params, velocity, X, y, config, generator, first_step, total_ste
         else:  # in place: params and velocity change where they are
             losses[s] = step_fn(params, velocity, *args)
         if s + 1 - checked == check_every or s + 1 == steps:
-            window = losses[checked:s + 1]
-            bad = (~torch.isfinite(window)).nonzero()
-            if len(bad):
-                raise FloatingPointError(
-                    f"the loss became {window[bad[0].item()].item()} at step "
-                    f"{checked + bad[0].item() + 1} of {steps} (lr {config['lr']:g}); training "
-                    "stopped and no checkpoint was written for this epoch: try a lower --lr "
-                    "(e.g. a tenth).")
+            window = losses[checked:s + 1]  # steps checked+1 .. s+1, read back at once
+            check_finite_losses(window, checked, steps, config["lr"])
             bar.set_postfix(loss=f"{window.mean().item():.4f}")
             bar.update(s + 1 - checked)
             checked = s + 1
@@ -170,8 +154,7 @@ def fit(config, data, generator, state=None, on_epoch=None, progress=False, log=
     the step through STEPS (below the engineering line): "inplace" is train_step_ (every
     preset's), "pure" train_step, "fused" fused_train_step_.
     Needs: init_params (02), N_INPUT, N_CLASSES, init_velocity, time, train_epoch, STEPS,
-        cross_entropy (02), mlp_forward (02), all_finite, evaluate, train_step_, train_step,
-        fused_train_step_
+        check_finite_after_epoch, evaluate, train_step_, train_step, fused_train_step_
     """
     X_train, y_train, X_val, y_val = data[:4]
     device = X_train.device
@@ -183,7 +166,7 @@ def fit(config, data, generator, state=None, on_epoch=None, progress=False, log=
         velocity = tuple(v.to(device) for v in state["velocity"])
         generator.set_state(state["generator_state"])
         history = list(state["history"])
-    steps_per_epoch = -(-len(X_train) // config["batch_size"])
+    steps_per_epoch = -(-len(X_train) // config["batch_size"])  # ceil(N / batch_size)
     total_steps = config["epochs"] * steps_per_epoch
     width = len(str(config["epochs"]))
     for epoch in range(len(history) + 1, config["epochs"] + 1):
@@ -196,12 +179,7 @@ def fit(config, data, generator, state=None, on_epoch=None, progress=False, log=
             raise FloatingPointError(str(err).replace(" at step ", f" at epoch {epoch}, step ",
                                                       1)) from None
         # The step losses were taken before each update; the last update shows only here.
-        probe = cross_entropy(mlp_forward(params, X_train[:1000])[0], y_train[:1000])
-        if not all_finite(params + velocity + (probe,)):
-            raise FloatingPointError(
-                f"the parameters became infinite or NaN during epoch {epoch} (lr "
-                f"{config['lr']:g}); training stopped and no checkpoint was written for this "
-                "epoch: try a lower --lr (e.g. a tenth).")
+        check_finite_after_epoch(params, velocity, X_train, y_train, epoch, config["lr"])
         val_loss, val_acc = evaluate(params, X_val, y_val)  # .item() waits for the device
         seconds = time.perf_counter() - tic
         history.append({"epoch": epoch, "loss": loss, "val_loss": val_loss,
@@ -222,23 +200,6 @@ def init_velocity(params):
     Needs: torch
     """
     return tuple(torch.zeros_like(p) for p in params)
-
-
-def check_velocity(params, velocity):
-    """Raise ValueError unless velocity holds one tensor like each parameter (shape, dtype,
-    device): a short or mismatched velocity would otherwise drop parameters (zip stops at the
-    shorter) or silently turn them into another dtype.
-
-    Needs: nothing
-    """
-    if len(velocity) != len(params):
-        raise ValueError(f"got {len(velocity)} velocity tensors for {len(params)} parameters; "
-                         "start the velocity with init_velocity(params).")
-    for i, (p, v) in enumerate(zip(params, velocity)):
-        if p.shape != v.shape or p.dtype != v.dtype or p.device != v.device:
-            raise ValueError(f"velocity {i} is {v.dtype} {tuple(v.shape)} on {v.device} but its "
-                             f"parameter is {p.dtype} {tuple(p.shape)} on {p.device}; start the "
-                             "velocity with init_velocity(params).")
 
 
 def momentum_step(params, velocity, grads, lr, momentum):
@@ -473,6 +434,19 @@ def evaluate(params, X, y):
 # pictures and the ablation. None of it is needed to understand training; all of it is what
 # makes a run safe to interrupt, resume and compare.
 
+# common.py's helpers for all of that, under short names.
+add_run_args, atomic_write = common.add_run_args, common.atomic_write
+check_writable_dir, clean_leftovers = common.check_writable_dir, common.clean_leftovers
+device_description = common.device_description
+float_in, install_interrupt_handlers = common.float_in, common.install_interrupt_handlers
+int_in, load_mnist_limited = common.int_in, common.load_mnist_limited
+lock_folder, make_generator = common.lock_folder, common.make_generator
+parse_args, pick_device = common.parse_args, common.pick_device
+pyplot, restore_interrupt_handlers = common.pyplot, common.restore_interrupt_handlers
+result_line, run_main = common.result_line, common.run_main
+save_figure, save_json, show_progress = common.save_figure, common.save_json, common.show_progress
+train_val_split = common.train_val_split
+
 # ----------------------------------------------------------------------------- faster versions
 # The same math as the readable code above (tests check it equal in float64), faster on a CPU.
 
@@ -542,6 +516,57 @@ def sampling_grid(theta, side):
     return by_row[:, :, None, :] + by_col[:, None, :, :]  # (B, side, side, 2)
 
 
+
+# ----------------------------------------------------------------------------- checks
+# What the loop and the updates call to turn a bad input or a diverged run into one sentence.
+
+def check_velocity(params, velocity):
+    """Raise ValueError unless velocity holds one tensor like each parameter (shape, dtype,
+    device): a short or mismatched velocity would otherwise drop parameters (zip stops at the
+    shorter) or silently turn them into another dtype.
+
+    Needs: nothing
+    """
+    if len(velocity) != len(params):
+        raise ValueError(f"got {len(velocity)} velocity tensors for {len(params)} parameters; "
+                         "start the velocity with init_velocity(params).")
+    for i, (p, v) in enumerate(zip(params, velocity)):
+        if p.shape != v.shape or p.dtype != v.dtype or p.device != v.device:
+            raise ValueError(f"velocity {i} is {v.dtype} {tuple(v.shape)} on {v.device} but its "
+                             f"parameter is {p.dtype} {tuple(p.shape)} on {p.device}; start the "
+                             "velocity with init_velocity(params).")
+
+
+def check_finite_losses(window, first, steps, lr):
+    """Stop the run at the first NaN or infinite loss in window -> None.
+
+    window (k,): the losses of steps first + 1 .. first + k of an epoch of steps, on the
+    device; reading them back is one wait for the device per window, not one per step.
+    Needs: torch
+    """
+    bad = (~torch.isfinite(window)).nonzero()  # (n_bad, 1)
+    if len(bad):
+        raise FloatingPointError(
+            f"the loss became {window[bad[0].item()].item()} at step {first + bad[0].item() + 1} "
+            f"of {steps} (lr {lr:g}); training stopped and no checkpoint was written for this "
+            "epoch: try a lower --lr (e.g. a tenth).")
+
+
+def check_finite_after_epoch(params, velocity, X, y, epoch, lr):
+    """Stop the run if the epoch's updates left anything infinite or NaN -> None.
+
+    A step's loss is taken before its update, so a divergence on an epoch's last update shows
+    only in the parameters, the velocity, or the loss they now give (on X[:1000], y[:1000]).
+    Needs: cross_entropy (02), mlp_forward (02), all_finite
+    """
+    probe = cross_entropy(mlp_forward(params, X[:1000])[0], y[:1000])
+    if not all_finite(params + velocity + (probe,)):
+        raise FloatingPointError(
+            f"the parameters became infinite or NaN during epoch {epoch} (lr {lr:g}); training "
+            "stopped and no checkpoint was written for this epoch: try a lower --lr (e.g. a "
+            "tenth).")
+
+
 def all_finite(tensors):
     """Whether every entry of every tensor is finite, as one Python bool (one device wait).
 
@@ -549,6 +574,9 @@ def all_finite(tensors):
     """
     return bool(torch.stack([t.isfinite().all() for t in tensors]).all())
 
+
+
+# ----------------------------------------------------------------------- presets and arguments
 
 N_TRAIN, N_INPUT, N_CLASSES = 60_000, 784, 10
 STEPS = {"inplace": train_step_, "pure": train_step, "fused": fused_train_step_}
@@ -565,7 +593,7 @@ PRESETS = {
     # (up to 2 pixels), label smoothing 0.1; 5,000 training digits held out for validation.
     # Chosen on validation (README's ablation). Like every preset it trains with train_step_,
     # that is with exactly the functions of lessons 02 and 03; --step fused is the same math
-    # (tested equal) a few percent faster.
+    # (tested equal), its step about 10 % faster (README, lesson 04).
     "default": {"hidden": [512, 128], "epochs": 30, "batch_size": 128, "lr": 0.1,
                 "momentum": 0.9, "weight_decay": 1e-4, "schedule": "linear", "val_size": 5000,
                 **NO_AUGMENTATION, "shift": 2, "rotate": 10.0, "scale": 0.1, "smoothing": 0.1},
@@ -595,8 +623,9 @@ def build_parser():
     parser.add_argument("--preset", help=f"{', '.join(PRESETS)} (default: default)")
     parser.add_argument("--hidden", type=int_in(1, 65_536), nargs="+",
                         help="hidden widths, e.g. 512 128")
-    parser.add_argument("--epochs", type=int_in(1, 100_000))
-    parser.add_argument("--batch-size", type=int_in(1, N_TRAIN))
+    parser.add_argument("--epochs", type=int_in(1, 100_000),
+                        help="passes over the training digits")
+    parser.add_argument("--batch-size", type=int_in(1, N_TRAIN), help="digits per step")
     parser.add_argument("--lr", type=float_in(0, None, lo_open=True),
                         help="first learning rate")
     parser.add_argument("--momentum", type=float_in(0, 1, hi_open=True),
@@ -676,7 +705,11 @@ def check_config(config):
         (config["step"] in STEPS,
          f"--step must be one of {', '.join(STEPS)}, got {config['step']!r}"),
         (config["val_size"] < n_train,
-         f"--val-size must be below the {n_train} training digits, got {config['val_size']}"),
+         f"--val-size must be below the {n_train} training digits, got {config['val_size']}"
+         + (f" ({config['val_size']:,} digits held out for validation, the preset's unless "
+            f"given, would leave none to train on: give a smaller --val-size, e.g. "
+            f"--val-size {max(1, n_train // 10)}, or a larger --limit)"
+            if config["limit"] is not None else "")),
         (config["batch_size"] <= n_train - config["val_size"],
          f"--batch-size {config['batch_size']} is larger than the "
          f"{n_train - config['val_size']} training digits"),
@@ -847,10 +880,14 @@ def plot_curves(history, path, title):
     plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    # Training: the mean of the epoch's step losses, on augmented digits, against smoothed
+    # targets (with label smoothing eps its floor is above 0: ~0.50 for eps 0.1, C 10; see
+    # docs/04_train_mnist.md). Validation: the plain cross-entropy of lesson 02.
     ax1.plot(epochs, [h["loss"] for h in history], "o-", ms=3,
-             label="training (mean over the epoch)")
+             label="training: mean over the epoch's steps")
     if history[0]["val_loss"] is not None:
-        ax1.plot(epochs, [h["val_loss"] for h in history], "s--", ms=3, label="validation")
+        ax1.plot(epochs, [h["val_loss"] for h in history], "s--", ms=3,
+                 label="validation: plain cross-entropy")
         ax2.plot(epochs, [100 * h["val_accuracy"] for h in history], "o-", ms=3, color="C2")
     else:
         ax2.text(0.5, 0.5, "no validation set (--val-size 0)", ha="center",

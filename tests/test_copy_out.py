@@ -671,6 +671,9 @@ EXAMPLES = {
     "04:predict": lambda: ((P(), X.clone()), {"chunk": 4}),
     "04:evaluate": lambda: ((P(), X.clone(), Y.clone()), {}),
     "04:all_finite": lambda: (([randn(3), torch.tensor([1.0, math.inf])],), {}),
+    "04:check_finite_losses": lambda: ((torch.tensor([0.5, math.nan, math.inf]), 20, 43, 0.1),
+                                       {}),
+    "04:check_finite_after_epoch": lambda: ((P(), P(seed=2), X.clone(), Y.clone(), 3, 0.1), {}),
     "04:build_parser": lambda: ((), {}),
     "04:given_flags": lambda: ((argparse.Namespace(lr=0.1, momentum=None, batch_size=3),
                                 ["lr", "momentum", "batch_size", "hidden"]), {}),
@@ -734,6 +737,7 @@ EXAMPLES = {
 }
 RAISES = {  # copy and original must both raise this, with the same message
     "common:check_mnist_counts": ValueError,
+    "04:check_finite_losses": FloatingPointError,
 }
 THEN = {  # what to compare instead of a returned function, or how to undo a side effect
     "04:fit": lambda result: (result[0], result[1], [dict(h, seconds=0) for h in result[2]]),

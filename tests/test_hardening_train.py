@@ -276,3 +276,12 @@ def test_an_unreadable_ablation_file_is_moved_aside_never_overwritten(text, tmp_
     assert train.read_ablation_runs(path) == []
     assert (tmp_path / "ablation.unreadable.json").read_text() == text and not path.exists()
     assert "moved it to ablation.unreadable.json" in capsys.readouterr().err
+
+
+def test_a_limit_below_the_presets_validation_digits_says_which_flag_to_give(tmp_path, capsys):
+    # --limit 5000 with the default preset's 5,000 validation digits leaves none to train on;
+    # the sentence must name --val-size, which the learner never typed (refused before data).
+    assert run("--epochs", "1", "--limit", "5000", "--out", tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "held out for validation" in err and "--val-size 500" in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()

@@ -14,8 +14,9 @@ ablation table).
     python 04_train_mnist.py --eval runs/default/checkpoint.pt
 
 The first screens are the lesson: the training step, the epoch loop, the update rules and the
-augmentation. Below the line marked "engineering" come presets, argument checks, files,
-signals and pictures, which a learner may skip. Derivations: docs/04_train_mnist.md.
+augmentation. Below the line marked "engineering" come a faster step, the checks that turn a
+bad input or a diverged run into one sentence, presets, argument checks, files, signals and
+pictures, which a learner may skip. Derivations: docs/04_train_mnist.md.
 """
 
 import signal
@@ -69,7 +70,9 @@ minibatches, accuracy = common.minibatches, common.accuracy
 
 # ---------------------------------------------------------------------------- the step and the loop
 # Read top-down: the step and the loop first; the pieces they call (the smoothed loss, the
-# updates, the schedule, the augmentation) follow in the next sections.
+# updates, the schedule, the augmentation) follow in the next sections. The checks they call
+# (check_*, all_finite) and the constants N_INPUT = 784, N_CLASSES = 10 and STEPS sit below
+# the engineering line.
 
 def train_step(params, velocity, x, y, lr, momentum, weight_decay=0.0, smoothing=0.0):
     """Forward, backward, update -> (new params, new velocity, loss); the inputs stay unchanged.
@@ -148,9 +151,11 @@ def train_epoch(params, velocity, X, y, config, generator, first_step, total_ste
 def fit(config, data, generator, state=None, on_epoch=None, progress=False, log=print):
     """Train for the config's epochs (from state's, if resuming) -> (params, velocity, history).
 
-    After each epoch: check that every parameter, and the loss on 1,000 training digits, is
-    finite (a divergence on an epoch's last update shows only here), score the validation
-    digits, log one line, call on_epoch (which saves the checkpoint). config["step"] picks
+    data (X_train, y_train, X_val, y_val, ...): (N, D) float and (N,) int64 tensors on one
+    device; X_val may be empty (no validation). After each epoch: check that every parameter,
+    and the loss on 1,000 training digits, is finite (a divergence on an epoch's last update
+    shows only here), score the validation digits, log one line, call on_epoch (which saves
+    the checkpoint). config["step"] picks
     the step through STEPS (below the engineering line): "inplace" is train_step_ (every
     preset's), "pure" train_step, "fused" fused_train_step_.
     Needs: init_params (02), N_INPUT, N_CLASSES, init_velocity, time, train_epoch, STEPS,
@@ -408,6 +413,37 @@ def augment(x, generator, rotate_deg=0.0, scale=0.0, shift_px=0.0, alpha=0.0, si
     return warp(x, theta, field)
 
 
+def gaussian_matrix(side, sigma, dtype=torch.float32):
+    """Gaussian smoothing along one axis as a matrix -> G (side, side), G[i, j] = k(i - j).
+
+    k is a Gaussian of width sigma pixels, cut at 3 sigma and scaled to sum to 1; G @ v smooths
+    v (side,) like a 1-D convolution with zero padding (rows near the edge sum to less than 1).
+    A matmul, because on a CPU it is ~10x faster than conv2d with a 1-channel kernel.
+    Needs: torch, math
+    """
+    r = torch.arange(side, dtype=dtype)  # (side,)
+    d = r[:, None] - r[None, :]  # (side, side) the offset i - j
+    radius = max(1, math.ceil(3 * sigma))
+    k = torch.exp(-0.5 * (d / sigma) ** 2) * (d.abs() <= radius)  # (side, side)
+    full = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=dtype) / sigma) ** 2).sum()
+    return k / full
+
+
+def sampling_grid(theta, side):
+    """F.affine_grid(theta, (B, 1, side, side), align_corners=False), built by broadcasting.
+
+    theta (B, 2, 3) -> grid (B, side, side, 2): grid[b, i, j] = theta[b] @ (c_j, c_i, 1), with
+    c_k = (2k + 1) / side - 1 the centre of pixel k in normalised units. The same numbers as
+    affine_grid (to float rounding), about 4x faster on a CPU: each entry is one add of a
+    per-row and a per-column term instead of a small matmul.
+    Needs: torch
+    """
+    c = (torch.arange(side, dtype=theta.dtype, device=theta.device) * 2 + 1) / side - 1  # (side,)
+    by_row = (theta[:, :, 1:2] * c + theta[:, :, 2:3]).transpose(1, 2)  # (B, side, 2): A01 c_i + t
+    by_col = (theta[:, :, 0:1] * c).transpose(1, 2)  # (B, side, 2): A00 c_j
+    return by_row[:, :, None, :] + by_col[:, None, :, :]  # (B, side, side, 2)
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 def predict(params, X, chunk=10_000):
@@ -485,38 +521,6 @@ def fused_train_step_(params, velocity, x, y, lr, momentum, weight_decay=0.0, sm
     return loss
 
 
-def gaussian_matrix(side, sigma, dtype=torch.float32):
-    """Gaussian smoothing along one axis as a matrix -> G (side, side), G[i, j] = k(i - j).
-
-    k is a Gaussian of width sigma pixels, cut at 3 sigma and scaled to sum to 1; G @ v smooths
-    v (side,) like a 1-D convolution with zero padding (rows near the edge sum to less than 1).
-    A matmul, because on a CPU it is ~10x faster than conv2d with a 1-channel kernel.
-    Needs: torch, math
-    """
-    r = torch.arange(side, dtype=dtype)  # (side,)
-    d = r[:, None] - r[None, :]  # (side, side) the offset i - j
-    radius = max(1, math.ceil(3 * sigma))
-    k = torch.exp(-0.5 * (d / sigma) ** 2) * (d.abs() <= radius)  # (side, side)
-    full = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=dtype) / sigma) ** 2).sum()
-    return k / full
-
-
-def sampling_grid(theta, side):
-    """F.affine_grid(theta, (B, 1, side, side), align_corners=False), built by broadcasting.
-
-    theta (B, 2, 3) -> grid (B, side, side, 2): grid[b, i, j] = theta[b] @ (c_j, c_i, 1), with
-    c_k = (2k + 1) / side - 1 the centre of pixel k in normalised units. The same numbers as
-    affine_grid (to float rounding), about 4x faster on a CPU: each entry is one add of a
-    per-row and a per-column term instead of a small matmul.
-    Needs: torch
-    """
-    c = (torch.arange(side, dtype=theta.dtype, device=theta.device) * 2 + 1) / side - 1  # (side,)
-    by_row = (theta[:, :, 1:2] * c + theta[:, :, 2:3]).transpose(1, 2)  # (B, side, 2): A01 c_i + t
-    by_col = (theta[:, :, 0:1] * c).transpose(1, 2)  # (B, side, 2): A00 c_j
-    return by_row[:, :, None, :] + by_col[:, None, :, :]  # (B, side, side, 2)
-
-
-
 # ----------------------------------------------------------------------------- checks
 # What the loop and the updates call to turn a bad input or a diverged run into one sentence.
 
@@ -591,9 +595,10 @@ PRESETS = {
     # The same network: momentum 0.9, lr 0.1 falling linearly to 0, batches of 128, weight
     # decay, each digit randomly turned (up to 10 degrees), resized (up to 10 %) and moved
     # (up to 2 pixels), label smoothing 0.1; 5,000 training digits held out for validation.
-    # Chosen on validation (README's ablation). Like every preset it trains with train_step_,
-    # that is with exactly the functions of lessons 02 and 03; --step fused is the same math
-    # (tested equal), its step about 10 % faster (README, lesson 04).
+    # Chosen on validation (README's ablation). Like every preset it trains with train_step_:
+    # lesson 02's mlp_forward and 03's mlp_backward_from, with this lesson's smoothed loss and
+    # momentum_step_; --step fused is the same math (tested equal), its step about 10 %
+    # faster (README, lesson 04).
     "default": {"hidden": [512, 128], "epochs": 30, "batch_size": 128, "lr": 0.1,
                 "momentum": 0.9, "weight_decay": 1e-4, "schedule": "linear", "val_size": 5000,
                 **NO_AUGMENTATION, "shift": 2, "rotate": 10.0, "scale": 0.1, "smoothing": 0.1},
@@ -639,7 +644,8 @@ def build_parser():
     parser.add_argument("--scale", type=float_in(0, 1, hi_open=True),
                         help="resize digits by up to this fraction (0: off)")
     parser.add_argument("--elastic", type=float_in(0, 100),
-                        help="elastic distortion: largest move in pixels (0: off)")
+                        help="elastic distortion strength alpha in pixels: no move exceeds it, "
+                        "the typical one is about alpha / 24 px at sigma 4 (0: off)")
     parser.add_argument("--elastic-sigma", type=float_in(0.5, 28),
                         help="smoothness of the elastic field in pixels (default 4)")
     parser.add_argument("--smoothing", type=float_in(0, 1, hi_open=True),
@@ -706,10 +712,10 @@ def check_config(config):
          f"--step must be one of {', '.join(STEPS)}, got {config['step']!r}"),
         (config["val_size"] < n_train,
          f"--val-size must be below the {n_train} training digits, got {config['val_size']}"
-         + (f" ({config['val_size']:,} digits held out for validation, the preset's unless "
-            f"given, would leave none to train on: give a smaller --val-size, e.g. "
-            f"--val-size {max(1, n_train // 10)}, or a larger --limit)"
-            if config["limit"] is not None else "")),
+         if config["limit"] is None else
+         f"--limit {n_train} leaves no digits to train on once {config['val_size']:,} are held "
+         f"out for validation (--val-size; the default and best presets hold out 5,000 unless "
+         f"it is given): add e.g. --val-size {max(1, n_train // 10)}, or raise --limit"),
         (config["batch_size"] <= n_train - config["val_size"],
          f"--batch-size {config['batch_size']} is larger than the "
          f"{n_train - config['val_size']} training digits"),

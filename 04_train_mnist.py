@@ -8,7 +8,7 @@ ablation table).
 
     python 04_train_mnist.py                     # the default recipe, ~99.2 % test
     python 04_train_mnist.py --preset notebook   # the notebook's recipe: plain SGD, ~96.5 %
-    python 04_train_mnist.py --preset best       # the default for 100 epochs, ~4 minutes
+    python 04_train_mnist.py --preset best       # the default for 100 epochs, ~4.5 minutes
     python 04_train_mnist.py --ablation          # README's ablation table, from scratch
     python 04_train_mnist.py --resume            # continue runs/default/ after an interruption
     python 04_train_mnist.py --eval runs/default/checkpoint.pt
@@ -602,7 +602,7 @@ PRESETS = {
     "default": {"hidden": [512, 128], "epochs": 30, "batch_size": 128, "lr": 0.1,
                 "momentum": 0.9, "weight_decay": 1e-4, "schedule": "linear", "val_size": 5000,
                 **NO_AUGMENTATION, "shift": 2, "rotate": 10.0, "scale": 0.1, "smoothing": 0.1},
-    # The default, longer (100 epochs): about four minutes on 2 CPU cores.
+    # The default, longer (100 epochs): about 4.5 minutes on 2 CPU cores.
     "best": {"hidden": [512, 128], "epochs": 100, "batch_size": 128, "lr": 0.1,
              "momentum": 0.9, "weight_decay": 1e-4, "schedule": "linear", "val_size": 5000,
              **NO_AUGMENTATION, "shift": 2, "rotate": 10.0, "scale": 0.1, "smoothing": 0.1},

@@ -227,9 +227,10 @@ def binary_metrics(z, y):
 def train(params, X, y, epochs, batch_size, lr, generator, progress=False):
     """Minibatch SGD on the mean BCE, lr decaying linearly -> trained params; a line per epoch.
 
-    X (N, D), y (N,) int64 in {0, 1}.
+    X (N, D), y (N,) int64 in {0, 1}. A loss that is no longer finite (too large an lr) stops
+    the run with FloatingPointError.
     Needs: logreg_forward, logreg_backward, sgd_step, linear_decay, bce_with_logits,
-        minibatches (common), time, tqdm
+        minibatches (common), time, tqdm, math
     """
     steps = -(-len(X) // batch_size)  # batches per epoch, the last one maybe smaller
     step = 0
@@ -246,6 +247,10 @@ def train(params, X, y, epochs, batch_size, lr, generator, progress=False):
         # of the minibatches' losses). Each step follows one noisy minibatch, so it need not
         # fall every epoch; the shrinking lr makes it settle.
         loss = bce_with_logits(logreg_forward(params, X), y).item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the train loss became {loss} in epoch {epoch} (lr {lr:g}); "
+                                     "training stopped and nothing was written: try a lower "
+                                     "--lr (e.g. a tenth).")
         print(f"epoch {epoch:>{len(str(epochs))}}/{epochs} | train loss {loss:.4f} | "
               f"{time.perf_counter() - start:4.1f} s")
     return params
@@ -275,7 +280,7 @@ def main(argv=None):
     Needs: argparse, int_in (common), float_in (common), pathlib, add_run_args (common),
         parse_args (common), pick_device (common), check_writable_dir (common),
         load_mnist_limited (common), is_nine, torch, make_generator (common), logreg_init,
-        train, show_progress (common), binary_metrics, logreg_forward, plot_weights, math,
+        train, show_progress (common), sys, binary_metrics, logreg_forward, plot_weights, math,
         result_line (common)
     """
     parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
@@ -284,7 +289,8 @@ def main(argv=None):
                         help="passes over the training digits (default 10)")
     parser.add_argument("--batch-size", type=int_in(1, 60_000), default=64,
                         help="digits per SGD step (default 64)")
-    parser.add_argument("--lr", type=float_in(0, None, lo_open=True), default=0.5,
+    # 3.4e38 is float32's largest number: a larger lr could not enter a float32 update at all.
+    parser.add_argument("--lr", type=float_in(0, 3.4e38, lo_open=True), default=0.5,
                         help="first learning rate; decays to 0")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "runs" / "01"),
                         help="folder for weights.png (default: runs/01/)")
@@ -303,8 +309,12 @@ def main(argv=None):
     with torch.inference_mode():
         generator = make_generator(args.seed)
         params = logreg_init(X_train.shape[1], generator, device=device)
-        params = train(params, X_train, t_train, args.epochs, args.batch_size, args.lr,
-                       generator, show_progress(args.no_progress))
+        try:
+            params = train(params, X_train, t_train, args.epochs, args.batch_size, args.lr,
+                           generator, show_progress(args.no_progress))
+        except FloatingPointError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
         test = binary_metrics(logreg_forward(params, X_test), t_test)
         train_accuracy = binary_metrics(logreg_forward(params, X_train), t_train)["accuracy"]
 

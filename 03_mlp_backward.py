@@ -507,8 +507,9 @@ def main(argv=None):
     """
     parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tolerance", type=float_in(0, 1, lo_open=True), default=1e-6,
-                        help="largest relative error the check accepts (float64)")
+    parser.add_argument("--tolerance", type=float_in(1e-7, 1), default=1e-6,
+                        help="largest relative error the check accepts (float64; at least "
+                        "1e-7, since the central differences themselves err by up to ~1e-8)")
     parser.add_argument("--repeats", type=int_in(1, 100_000), default=50,
                         help="timed calls per measurement")
     parser.add_argument("--bug", metavar="NAME",

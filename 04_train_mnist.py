@@ -631,7 +631,8 @@ def build_parser():
     parser.add_argument("--epochs", type=int_in(1, 100_000),
                         help="passes over the training digits")
     parser.add_argument("--batch-size", type=int_in(1, N_TRAIN), help="digits per step")
-    parser.add_argument("--lr", type=float_in(0, None, lo_open=True),
+    # 3.4e38 is float32's largest number: a larger lr could not enter a float32 update at all.
+    parser.add_argument("--lr", type=float_in(0, 3.4e38, lo_open=True),
                         help="first learning rate")
     parser.add_argument("--momentum", type=float_in(0, 1, hi_open=True),
                         help="0 for plain SGD")
@@ -681,7 +682,7 @@ def resolve_config(args):
 
     Needs: PRESETS, HYPERPARAMETERS, check_config, NO_AUGMENTATION
     """
-    preset = args.preset or "default"
+    preset = "default" if args.preset is None else args.preset
     if preset not in PRESETS:
         hint = " (the notebook's recipe is --preset notebook)" if preset == "seed" else ""
         raise ValueError(f"unknown preset {preset!r}{hint}; choose one of: "
@@ -715,10 +716,15 @@ def check_config(config):
          if config["limit"] is None else
          f"--limit {n_train} leaves no digits to train on once {config['val_size']:,} are held "
          f"out for validation (--val-size; the default and best presets hold out 5,000 unless "
-         f"it is given): add e.g. --val-size {max(1, n_train // 10)}, or raise --limit"),
+         f"it is given): add e.g. --val-size {min(n_train // 10, n_train - config['batch_size'])}"
+         f", or raise --limit" if n_train - config["batch_size"] >= 1 else
+         f"--limit {n_train} leaves no digits to train on once {config['val_size']:,} are held "
+         f"out for validation (--val-size): raise --limit, or give a smaller --val-size and "
+         f"--batch-size"),
         (config["batch_size"] <= n_train - config["val_size"],
          f"--batch-size {config['batch_size']} is larger than the "
-         f"{n_train - config['val_size']} training digits"),
+         f"{n_train - config['val_size']} training digits left after --val-size "
+         f"{config['val_size']}; give a smaller --batch-size (or --val-size)"),
     ]
     for ok, sentence in rules:
         if not ok:
@@ -1104,7 +1110,7 @@ def prepare(args):
             raise ValueError("--resume continues with the checkpoint's own settings; drop "
                              f"{', '.join(given)}.")
         config = None
-        preset = args.preset or "default"
+        preset = "default" if args.preset is None else args.preset
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
     else:
@@ -1153,7 +1159,7 @@ def interrupted_message(args, out):
                 "same command again to start over.")
     return (f"\ninterrupted: {out / 'checkpoint.pt'} holds the last finished epoch; continue "
             f"with --resume"
-            f"{'' if (args.preset or 'default') == 'default' else ' --preset ' + args.preset}"
+            f"{'' if args.preset in (None, 'default') else ' --preset ' + args.preset}"
             f"{'' if args.out is None else ' --out ' + str(args.out)}.")
 
 
@@ -1340,10 +1346,12 @@ def run_ablation(args):
         try:
             check_config(config)
         except ValueError as err:
-            hint = (" (every rung holds 5,000 digits out for validation: give --limit above "
-                    "5,100, or none)" if args.limit is not None else "")
-            raise ValueError(f"--ablation, rung {label!r}: {str(err).rstrip('.')}{hint}.") \
-                from None
+            if args.limit is not None:  # the ladder's own settings are fixed: only --limit can
+                raise ValueError(f"--ablation, rung {label!r}, cannot train on --limit "
+                                 f"{args.limit}: every rung holds 5,000 digits out for "
+                                 "validation and trains on batches of up to 128; give --limit "
+                                 "5128 or more, or none.") from None
+            raise ValueError(f"--ablation, rung {label!r}: {str(err).rstrip('.')}.") from None
     default = Path(__file__).resolve().parent / "runs" / "ablation"
     out = check_writable_dir(args.out if args.out is not None else default)
     check_no_folders_at(out, (".lock", "ablation.json"))

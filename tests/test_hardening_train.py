@@ -259,7 +259,7 @@ def test_a_resumed_run_that_diverges_does_not_suggest_a_flag_resume_refuses(mnis
 
 @pytest.mark.parametrize("flags, words", [
     (["--step", "bogus"], "--step must be one of"),
-    (["--limit", "2000"], "give --limit above 5,100, or none"),
+    (["--limit", "2000"], "give --limit 5128 or more, or none"),
 ])
 def test_the_ablation_checks_every_rung_before_any_work(flags, words, tmp_path, capsys):
     assert run("--ablation", "--seeds", "1", "--device", "cpu", "--out", tmp_path, *flags) == 2
@@ -285,3 +285,29 @@ def test_a_limit_below_the_presets_validation_digits_says_which_flag_to_give(tmp
     err = capsys.readouterr().err
     assert "held out for validation" in err and "--val-size 500" in err
     assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("lesson, args", [
+    ("04_train_mnist", ["--lr", "1e39"]),  # past float32: torch could not even take it
+    ("01_logistic_regression", ["--lr", "1.7e308"]),
+    ("04_train_mnist", ["--preset", ""]),  # not silently the default
+    ("03_mlp_backward", ["--tolerance", "1e-12"]),  # below what central differences reach
+])
+def test_arguments_no_run_could_honour_are_refused_in_one_sentence(lesson, args, tmp_path,
+                                                                   capsys):
+    status = common.run_main(load_lesson(lesson).main, args + ["--out", str(tmp_path / "o")]
+                             if lesson != "03_mlp_backward" else args)
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.mnist
+def test_lesson_01_stops_on_a_diverged_loss_and_keeps_the_old_picture(mnist, tmp_path, capsys):
+    (tmp_path / "weights.png").write_bytes(b"the picture of an earlier run")
+    status = common.run_main(load_lesson("01_logistic_regression").main,
+                             ["--lr", "3.4e38", "--limit", "2000", "--epochs", "1",
+                              "--no-progress", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 1 and "train loss became nan" in err and "lower --lr" in err, err
+    assert (tmp_path / "weights.png").read_bytes() == b"the picture of an earlier run"

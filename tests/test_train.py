@@ -172,7 +172,7 @@ def test_flags_override_the_preset():
 # ----------------------------------------------------------------------------- bad input
 
 BAD = [
-    (["--lr", "0"], "argument --lr: must be a finite number above 0, got 0"),
+    (["--lr", "0"], "argument --lr: must be a finite number in (0, 3.4e+38], got 0"),
     (["--lr", "-1"], "argument --lr: must be a finite number"),
     (["--lr", "inf"], "argument --lr: must be a finite number"),
     (["--batch-size", "0"], "argument --batch-size: must be a whole number"),

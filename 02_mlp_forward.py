@@ -213,6 +213,9 @@ def main(argv=None):
     if len(args.sizes) < 2 or args.sizes[0] != 784:
         raise ValueError(f"--sizes must start with 784 and hold at least two widths, "
                          f"got {args.sizes}.")
+    if args.sizes[-1] < 10:
+        raise ValueError(f"--sizes must end with at least 10 units, one logit per digit class "
+                         f"(MNIST's labels run to 9), got {args.sizes[-1]}.")
     n_weights = sum(a * b for a, b in zip(args.sizes[:-1], args.sizes[1:]))
     if n_weights > 200_000_000:
         raise ValueError(f"--sizes {' '.join(map(str, args.sizes))} would need {n_weights:,} "

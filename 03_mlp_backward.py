@@ -101,8 +101,9 @@ def relu_backward(dh, h):
     Needs: nothing
     """
     # relu'(z) is 1 where z > 0 and 0 elsewhere, and z > 0 exactly where h > 0. As h >= 0,
-    # h.sign() is that mask already in floats: the same numbers as dh * (h > 0), several
-    # times faster on a CPU, where the comparison builds a bool tensor that is then converted.
+    # h.sign() is that mask already in floats: the same numbers as dh * (h > 0), faster on a
+    # CPU (up to several times on small tensors), where the comparison builds a bool tensor
+    # that is then converted.
     return dh * h.sign()
 
 
@@ -269,8 +270,8 @@ def gradient_check(sizes, generator, device, backward=None, batch=4, entries=6, 
 # inputs are scaled so that its logits reach 2,000 (where an unshifted softmax overflows, even
 # in float64); its loss is in the thousands too, so a larger eps keeps rounding small.
 # No W is square (all widths differ), so a transposed dW has the wrong shape; and every
-# network ends in 3 classes while the batch is 4, so delta is never square and a bias
-# gradient summed over the wrong axis has the wrong shape too.
+# network ends in 3 classes while the batch is 4 and no width is 4, so no delta is square
+# and a bias gradient summed over the wrong axis has the wrong shape too.
 CHECK_NETWORKS = (([6, 3], None, 1e-6), ([6, 5, 3], None, 1e-6), ([7, 6, 5, 3], None, 1e-6),
                   ([8, 7, 6, 5, 3], None, 1e-6), ([8, 7, 6, 5, 3], 2000.0, 1e-4))
 
@@ -545,7 +546,8 @@ def main(argv=None):
               f"{'every sampled entry agrees' if grad_ok else 'a gradient is wrong'}")
 
         params = init_params([784, 512, 128, 10], generator, device=device)
-        # B = 100, not the default 128: then no batch dimension looks like the 128-unit layer.
+        # B = 100, not lesson 04's default batch of 128: then no batch dimension looks like
+        # the 128-unit layer.
         x = torch.rand(100, 784, generator=generator).to(device)
         y = torch.randint(0, 10, (100,), generator=generator).to(device)
         print("\n2. every tensor of one step of 784-512-128-10 at batch B = 100, forward then "

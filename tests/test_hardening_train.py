@@ -311,3 +311,9 @@ def test_lesson_01_stops_on_a_diverged_loss_and_keeps_the_old_picture(mnist, tmp
     err = capsys.readouterr().err
     assert status == 1 and "train loss became nan" in err and "lower --lr" in err, err
     assert (tmp_path / "weights.png").read_bytes() == b"the picture of an earlier run"
+
+
+def test_lesson_02_refuses_fewer_logits_than_digit_classes(capsys):
+    status = common.run_main(load_lesson("02_mlp_forward").main, ["--sizes", "784", "128", "9"])
+    err = capsys.readouterr().err
+    assert status == 2 and "at least 10 units" in err and "Traceback" not in err, err

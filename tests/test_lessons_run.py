@@ -57,7 +57,8 @@ def test_03_checks_gradients_and_times_the_jacobian_route(capsys):
 
 
 @pytest.mark.parametrize("lesson, args, words", [
-    ("01_logistic_regression", ["--lr", "0"], "argument --lr: must be a finite number in (0, 3.4e+38]"),
+    ("01_logistic_regression", ["--lr", "0"],
+     "argument --lr: must be a finite number in (0, 3.4e+38]"),
     ("01_logistic_regression", ["--lr", "inf"], "argument --lr: must be a finite number"),
     ("01_logistic_regression", ["--epochs", "0"], "argument --epochs: must be a whole number"),
     ("01_logistic_regression", ["--limit", "0"], "argument --limit: must be a whole number"),

@@ -227,8 +227,9 @@ def binary_metrics(z, y):
 def train(params, X, y, epochs, batch_size, lr, generator, progress=False):
     """Minibatch SGD on the mean BCE, lr decaying linearly -> trained params; a line per epoch.
 
-    X (N, D), y (N,) int64 in {0, 1}. A loss that is no longer finite (too large an lr) stops
-    the run with FloatingPointError.
+    X (N, D), y (N,) int64 in {0, 1}. A loss that is no longer finite stops the run with
+    FloatingPointError (this model's gradient is bounded, so only an lr near float32's
+    largest number, ~1e37 and up, gets there).
     Needs: logreg_forward, logreg_backward, sgd_step, linear_decay, bce_with_logits,
         minibatches (common), time, tqdm, math
     """
@@ -250,7 +251,7 @@ def train(params, X, y, epochs, batch_size, lr, generator, progress=False):
         if not math.isfinite(loss):
             raise FloatingPointError(f"the train loss became {loss} in epoch {epoch} (lr {lr:g}); "
                                      "training stopped and nothing was written: try a lower "
-                                     "--lr (e.g. a tenth).")
+                                     "--lr (e.g. the default, 0.5).")
         print(f"epoch {epoch:>{len(str(epochs))}}/{epochs} | train loss {loss:.4f} | "
               f"{time.perf_counter() - start:4.1f} s")
     return params

@@ -717,14 +717,16 @@ def check_config(config):
          f"--limit {n_train} leaves no digits to train on once {config['val_size']:,} are held "
          f"out for validation (--val-size; the default and best presets hold out 5,000 unless "
          f"it is given): add e.g. --val-size {min(n_train // 10, n_train - config['batch_size'])}"
-         f", or raise --limit" if n_train - config["batch_size"] >= 1 else
+         f", or raise --limit" if n_train - config["batch_size"] >= 0 else
          f"--limit {n_train} leaves no digits to train on once {config['val_size']:,} are held "
          f"out for validation (--val-size): raise --limit, or give a smaller --val-size and "
          f"--batch-size"),
         (config["batch_size"] <= n_train - config["val_size"],
          f"--batch-size {config['batch_size']} is larger than the "
          f"{n_train - config['val_size']} training digits left after --val-size "
-         f"{config['val_size']}; give a smaller --batch-size (or --val-size)"),
+         f"{config['val_size']}; give a smaller --batch-size (or --val-size)"
+         + (" or raise --limit (the default and best presets use batches of 128 and 5,000 "
+            "validation digits unless given)" if config["limit"] is not None else "")),
     ]
     for ok, sentence in rules:
         if not ok:
@@ -1346,7 +1348,12 @@ def run_ablation(args):
         try:
             check_config(config)
         except ValueError as err:
-            if args.limit is not None:  # the ladder's own settings are fixed: only --limit can
+            fits_without_limit = True
+            try:
+                check_config(dict(config, limit=None))
+            except ValueError:
+                fits_without_limit = False
+            if args.limit is not None and fits_without_limit:  # only --limit is at fault
                 raise ValueError(f"--ablation, rung {label!r}, cannot train on --limit "
                                  f"{args.limit}: every rung holds 5,000 digits out for "
                                  "validation and trains on batches of up to 128; give --limit "

@@ -317,3 +317,9 @@ def test_lesson_02_refuses_fewer_logits_than_digit_classes(capsys):
     status = common.run_main(load_lesson("02_mlp_forward").main, ["--sizes", "784", "128", "9"])
     err = capsys.readouterr().err
     assert status == 2 and "at least 10 units" in err and "Traceback" not in err, err
+
+
+def test_ablation_blames_limit_only_when_limit_is_at_fault(tmp_path, capsys):
+    assert run("--ablation", "--limit", "10000", "--step", "foo", "--out", tmp_path / "a") == 2
+    err = capsys.readouterr().err
+    assert "--step must be one of" in err and "give --limit 5128" not in err, err

@@ -475,8 +475,9 @@ add_run_args, atomic_write = common.add_run_args, common.atomic_write
 check_writable_dir, clean_leftovers = common.check_writable_dir, common.clean_leftovers
 device_description = common.device_description
 float_in, install_interrupt_handlers = common.float_in, common.install_interrupt_handlers
-int_in, load_mnist_limited = common.int_in, common.load_mnist_limited
-lock_folder, make_generator = common.lock_folder, common.make_generator
+int_in, is_out_of_memory = common.int_in, common.is_out_of_memory
+load_mnist_limited, lock_folder = common.load_mnist_limited, common.lock_folder
+make_generator = common.make_generator
 parse_args, pick_device = common.parse_args, common.pick_device
 pyplot, restore_interrupt_handlers = common.pyplot, common.restore_interrupt_handlers
 result_line, run_main = common.result_line, common.run_main
@@ -1139,7 +1140,7 @@ def check_no_folders_at(out, names):
 
 
 def mark_stopped(path, status):
-    """metrics.json's status "running" -> status ("interrupted" or "diverged"), all else kept.
+    """metrics.json's status "running" -> status ("interrupted", "diverged", ...), all else kept.
 
     Needs: json, save_json (common)
     """
@@ -1171,7 +1172,7 @@ def main(argv=None):
     Needs: time, parse_args (common), build_parser, run_eval, run_ablation, prepare,
         install_interrupt_handlers (common), lock_folder (common), clean_leftovers (common),
         load_checkpoint, torch, train, show_progress (common), sys, interrupted_message,
-        restore_interrupt_handlers (common), mark_stopped
+        restore_interrupt_handlers (common), is_out_of_memory (common), mark_stopped
     """
     started = time.perf_counter()
     args = parse_args(build_parser(), argv)
@@ -1195,9 +1196,11 @@ def main(argv=None):
                 with torch.inference_mode():
                     return train(config, device, out, state, show_progress(args.no_progress),
                                  started, signals)
-            except (FloatingPointError, KeyboardInterrupt) as err:  # still holding the lock
-                diverged = isinstance(err, FloatingPointError)
-                mark_stopped(out / "metrics.json", "diverged" if diverged else "interrupted")
+            except (Exception, KeyboardInterrupt) as err:  # still holding the lock
+                status = ("diverged" if isinstance(err, FloatingPointError) else
+                          "interrupted" if isinstance(err, KeyboardInterrupt) else
+                          "out of memory" if is_out_of_memory(err) else "failed")
+                mark_stopped(out / "metrics.json", status)  # never left saying "running"
                 raise
     except FloatingPointError as err:
         text = str(err)

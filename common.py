@@ -920,19 +920,55 @@ def run_main(main, argv=None):
     """Run main(argv) -> exit status; a user's mistake becomes one sentence and status 2.
 
     ValueError and OSError are what this repository raises for bad input, bad files and a
-    missing device; a Ctrl-C (or SIGTERM, see install_interrupt_handlers) becomes status
-    130 with no traceback.
+    missing device; running out of memory (see out_of_memory_message) is one sentence and
+    status 1; a Ctrl-C (or SIGTERM, see install_interrupt_handlers) becomes status 130 with
+    no traceback.
 
-    Needs: sys
+    Needs: sys, is_out_of_memory, out_of_memory_message
     """
     try:
         return main(argv)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        print(f"error: {out_of_memory_message(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted.", file=sys.stderr)
         return 130
+
+
+def is_out_of_memory(err):
+    """True when err is a failed allocation: MemoryError, or torch's on any device.
+
+    torch raises a RuntimeError for these: "DefaultCPUAllocator: can't allocate memory" on
+    the CPU, torch.OutOfMemoryError ("CUDA out of memory") on a GPU, "MPS backend out of
+    memory" on Apple's.
+    Needs: torch
+    """
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("can't allocate memory" in text
+                                              or "out of memory" in text)
+
+
+def out_of_memory_message(err):
+    """One sentence for a failed allocation, with its size when torch said it.
+
+    Needs: re
+    """
+    match = re.search(r"allocate (\d+) bytes", str(err))  # the CPU allocator's wording
+    if match:
+        size = f" ({int(match.group(1)) / 2**20:,.0f} MiB more were asked for)"
+    else:
+        match = re.search(r"[Tt]ried to allocate ([\d.]+ [KMG]i?B)", str(err))  # CUDA's
+        size = f" ({match.group(1)} more were asked for)" if match else ""
+    return (f"ran out of memory{size}; use a smaller batch (--batch-size) or narrower layers, "
+            f"or free memory for this run. Files already written are unchanged.")
 
 
 # ----------------------------------------------------------------------------- folders, files

@@ -153,6 +153,47 @@ def test_run_main_turns_user_errors_into_one_line_and_status_2(capsys):
     assert capsys.readouterr().err == "error: --lr must be positive, got -1.\n"
 
 
+CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+           "allocate memory: you tried to allocate 131072000 bytes. Error code 12")
+
+
+@pytest.mark.parametrize("err, expected", [
+    (RuntimeError(CPU_OOM), True),
+    (MemoryError(), True),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB."), True),
+    (RuntimeError("MPS backend out of memory (MPS allocated: 9 GB)"), True),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)"), False),
+    (ValueError("out of memory"), False),  # not a RuntimeError: a user's mistake, status 2
+])
+def test_is_out_of_memory(err, expected):
+    assert common.is_out_of_memory(err) is expected
+
+
+def test_out_of_memory_message_gives_the_size_when_torch_said_it():
+    assert "(125 MiB more were asked for)" in common.out_of_memory_message(RuntimeError(CPU_OOM))
+    cuda = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 ...")
+    assert "(20.00 GiB more were asked for)" in common.out_of_memory_message(cuda)
+    assert common.out_of_memory_message(MemoryError()).startswith("ran out of memory; use a")
+
+
+def test_run_main_turns_running_out_of_memory_into_one_line_and_status_1(capsys):
+    def main(argv):
+        raise RuntimeError(CPU_OOM)
+
+    assert common.run_main(main, []) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ran out of memory (125 MiB more")
+    assert "--batch-size" in err
+
+
+def test_run_main_lets_other_runtime_errors_through():
+    def main(argv):
+        raise RuntimeError("a bug, not the user's input")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        common.run_main(main, [])
+
+
 def test_show_progress_needs_a_terminal():
     pipe = io.StringIO()  # a stand-in for a redirected stderr: isatty() is False
     assert common.show_progress(False, pipe) is False

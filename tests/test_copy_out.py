@@ -718,6 +718,10 @@ EXAMPLES = {
     "common:parse_args": lambda: ((seed_parser(), ["--seed", "3"]), {}),
     "common:show_progress": lambda: ((False, io.StringIO()), {}),
     "common:run_main": lambda: ((fails_with_value_error, ["x"]), {}),
+    "common:is_out_of_memory": lambda: ((RuntimeError("DefaultCPUAllocator: can't allocate "
+                                                      "memory: you tried to allocate 64 bytes"),), {}),
+    "common:out_of_memory_message": lambda: ((RuntimeError("you tried to allocate 1048576 "
+                                                           "bytes"),), {}),
     "common:verification_wanted": lambda: ((None, {"MNIST_UNVERIFIED": "1"}), {}),
     "common:check_mnist_counts": lambda: (("t10k-labels", 60_000, "t10k"), {}),
     "common:mps_available": lambda: ((), {}),

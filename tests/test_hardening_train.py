@@ -257,6 +257,28 @@ def test_a_resumed_run_that_diverges_does_not_suggest_a_flag_resume_refuses(mnis
     assert "start a new run (a new --out, no --resume) with a lower --lr" in err
 
 
+@pytest.mark.mnist
+def test_running_out_of_memory_is_one_sentence_and_keeps_the_last_epoch(mnist, tmp_path, capsys,
+                                                                        monkeypatch):
+    out = tmp_path / "run"
+    real_epoch, saved = train.train_epoch, {}
+
+    def second_epoch_fails(*args, **kwargs):  # epoch 2 fails as torch's CPU allocator does
+        if (out / "checkpoint.pt").exists():
+            saved["checkpoint"] = (out / "checkpoint.pt").read_bytes()
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                               "allocate 131072000 bytes. Error code 12 (Cannot allocate memory)")
+        return real_epoch(*args, **kwargs)
+    monkeypatch.setattr(train, "train_epoch", second_epoch_fails)
+    assert run("--limit", "1000", "--val-size", "200", "--epochs", "2", "--batch-size", "100",
+               "--hidden", "16", "--no-progress", "--device", "cpu", "--out", out) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ran out of memory (125 MiB more") and err.count("\n") == 1
+    assert (out / "checkpoint.pt").read_bytes() == saved["checkpoint"]  # epoch 1's, untouched
+    metrics = strict_json(out / "metrics.json")
+    assert metrics["status"] == "out of memory" and len(metrics["history"]) == 1
+
+
 @pytest.mark.parametrize("flags, words", [
     (["--step", "bogus"], "--step must be one of"),
     (["--limit", "2000"], "give --limit 5128 or more, or none"),

@@ -44,6 +44,7 @@ import argparse  # noqa: E402 (after the early signal handlers, on purpose)
 import importlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import os  # noqa: E402
 import textwrap  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -1152,18 +1153,38 @@ def mark_stopped(path, status):
         save_json(path, dict(record, status=status))
 
 
-def interrupted_message(args, out):
+def interrupted_message(args, out, earlier=None):
     """The sentence an interrupted run ends with: what is on disk and how to go on.
 
-    Needs: nothing
+    earlier is file_identity(out / "checkpoint.pt") from before this run began: a checkpoint
+    still the same is another run's (or, resuming, the one this run started from), and a new
+    run that saved nothing must not send the learner to --resume someone else's epochs.
+    Needs: file_identity
     """
-    if not (out / "checkpoint.pt").is_file():
+    checkpoint = out / "checkpoint.pt"
+    if not checkpoint.is_file():
         return ("\ninterrupted before the first epoch finished: no checkpoint yet; run the "
                 "same command again to start over.")
-    return (f"\ninterrupted: {out / 'checkpoint.pt'} holds the last finished epoch; continue "
+    if earlier is not None and not args.resume and file_identity(checkpoint) == earlier:
+        return (f"\ninterrupted before the first epoch finished: {checkpoint} is still the "
+                "earlier run's, unchanged; run the same command again to start over.")
+    return (f"\ninterrupted: {checkpoint} holds the last finished epoch; continue "
             f"with --resume"
             f"{'' if args.preset in (None, 'default') else ' --preset ' + args.preset}"
             f"{'' if args.out is None else ' --out ' + str(args.out)}.")
+
+
+def file_identity(path):
+    """(inode, size, modification time in ns) of path, or None if there is no file there.
+
+    Files here are replaced by renaming a new one over them, so a rewrite changes the inode.
+    Needs: os
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def main(argv=None):
@@ -1171,8 +1192,9 @@ def main(argv=None):
 
     Needs: time, parse_args (common), build_parser, run_eval, run_ablation, prepare,
         install_interrupt_handlers (common), lock_folder (common), clean_leftovers (common),
-        load_checkpoint, torch, train, show_progress (common), sys, interrupted_message,
-        restore_interrupt_handlers (common), is_out_of_memory (common), mark_stopped
+        file_identity, load_checkpoint, torch, train, show_progress (common), sys,
+        interrupted_message, restore_interrupt_handlers (common), is_out_of_memory (common),
+        mark_stopped
     """
     started = time.perf_counter()
     args = parse_args(build_parser(), argv)
@@ -1181,6 +1203,7 @@ def main(argv=None):
     if args.ablation:
         return run_ablation(args)
     config, device, out = prepare(args)
+    earlier = file_identity(out / "checkpoint.pt")  # another run's, if there is one
     signals = install_interrupt_handlers()
     try:
         with lock_folder(out):
@@ -1210,7 +1233,7 @@ def main(argv=None):
         print(f"error: {text}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(interrupted_message(args, out), file=sys.stderr)
+        print(interrupted_message(args, out, earlier), file=sys.stderr)
         return 130
     finally:
         restore_interrupt_handlers(signals)

@@ -191,6 +191,24 @@ def test_an_interruption_before_the_first_checkpoint_does_not_suggest_resume(tmp
     assert f"continue with --resume --out {tmp_path}" in message
 
 
+def test_a_new_run_interrupted_before_its_first_epoch_does_not_send_you_to_an_older_run(tmp_path):
+    import argparse
+
+    new_run = argparse.Namespace(preset=None, out=tmp_path, resume=False)
+    (tmp_path / "checkpoint.pt").write_bytes(b"an earlier run's epochs")
+    earlier = train.file_identity(tmp_path / "checkpoint.pt")
+    message = train.interrupted_message(new_run, tmp_path, earlier)
+    assert "--resume" not in message and "still the earlier run's" in message
+    # Once this run has saved an epoch (a new file renamed over the old one), --resume is right.
+    (tmp_path / "new").write_bytes(b"this run's first epoch")
+    os.replace(tmp_path / "new", tmp_path / "checkpoint.pt")
+    assert "continue with --resume" in train.interrupted_message(new_run, tmp_path, earlier)
+    # Resuming, the checkpoint this run started from is the right one to go on from.
+    resumed = argparse.Namespace(preset=None, out=tmp_path, resume=True)
+    earlier = train.file_identity(tmp_path / "checkpoint.pt")
+    assert "continue with --resume" in train.interrupted_message(resumed, tmp_path, earlier)
+
+
 class _SignalOnCollect:
     """An object whose __del__ sends this process SIGTERM: the handler's KeyboardInterrupt
     is raised where Python can only print "Exception ignored" and go on."""

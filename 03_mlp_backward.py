@@ -268,7 +268,8 @@ def gradient_check(sizes, generator, device, backward=None, batch=4, entries=6, 
 
 # The networks the check runs on, (sizes, largest logit, eps): depths 1 to 4, then one whose
 # inputs are scaled so that its logits reach 2,000 (where an unshifted softmax overflows, even
-# in float64); its loss is in the thousands too, so a larger eps keeps rounding small.
+# in float64); its loss is in the hundreds too (about 643), so a larger eps keeps rounding
+# small.
 # No W is square (all widths differ), so a transposed dW has the wrong shape; and every
 # network ends in 3 classes while the batch is 4 and no width is 4, so no delta is square
 # and a bias gradient summed over the wrong axis has the wrong shape too.
@@ -448,8 +449,8 @@ BUGS = {
     "no-relu-mask": ("the ReLU's mask forgotten: dL/dZ = dL/dH",
                      {"relu_bw": bug_no_relu_mask},
                      "The last layer (W and b) is right and the earlier layers usually go wrong, "
-                     "since the error enters at the first ReLU met on the way back (the one after "
-                     "the last hidden layer); a tensor "
+                     "since the error enters at the last hidden layer's ReLU, the first one met "
+                     "on the way back; a tensor "
                      "can still pass when its sampled entries only met units that were on, and "
                      "the one-layer network has no ReLU at all. Units that were "
                      "off (Z <= 0) did not change the loss, so no gradient may pass them."),

@@ -544,7 +544,9 @@ def load_mnist(root=None, device="cpu", sources=MNIST_SOURCES, expected_sha256=M
         raw_dir.mkdir(parents=True, exist_ok=True)
         try:
             lock = lock_folder(raw_dir.parent)
-        except ValueError:  # another load is fetching or checking the files: wait for it
+        except ValueError as err:  # another load is fetching or checking the files: wait
+            if not hasattr(err, "holder"):  # no one to wait for: a link as .lock, or this run
+                raise
             print(f"MNIST: waiting for another process that holds {raw_dir.parent / LOCK_NAME}",
                   file=sys.stderr)
             lock = lock_folder(raw_dir.parent, wait=True)
@@ -974,6 +976,7 @@ def out_of_memory_message(err):
 # ----------------------------------------------------------------------------- folders, files
 
 LOCK_NAME = ".lock"
+_HELD_LOCKS = set()  # the real paths of the .lock files this process holds now
 
 
 def _try_lock(fd, wait):
@@ -1021,12 +1024,24 @@ def lock_folder(path, wait=False):
     holds it, wait=False raises ValueError with one sentence naming that PID; wait=True
     waits for it (as concurrent data loads do). The handle is a contextlib.ExitStack with
     .path (the lock file) and .pid; closing it twice is harmless. Raises OSError when the
-    lock file cannot be created (a missing or read-only folder).
+    lock file cannot be created (a missing or read-only folder), and ValueError when .lock is
+    a link or a folder, or when this process holds that lock already (it would wait for
+    itself); only the ValueError for a lock held elsewhere has .holder (that process's PID).
 
-    Needs: _try_lock, _unlock, LOCK_NAME, contextlib, os, pathlib
+    Needs: _try_lock, _unlock, LOCK_NAME, _HELD_LOCKS, contextlib, os, pathlib
     """
     lock_path = Path(path) / LOCK_NAME
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)  # never truncate before locking
+    if lock_path.is_symlink() or (lock_path.exists() and not lock_path.is_file()):
+        raise ValueError(f"{lock_path} is not a plain file (a link or a folder), so it cannot "
+                         "serve as this folder's lock; remove it or choose another folder.")
+    key = os.path.realpath(lock_path)
+    if key in _HELD_LOCKS:  # flock would wait for ourselves, for ever
+        raise ValueError(f"{Path(path)} is already in use by this same run: the output folder "
+                         "and the MNIST data folder (or $MNIST_ROOT/MNIST) must differ; choose "
+                         "another folder.")
+    # O_NOFOLLOW: a link put there after the check is refused, not followed and truncated.
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(lock_path, flags, 0o644)  # never truncate before locking
     try:
         held = _try_lock(fd, wait)
     except BaseException:
@@ -1038,12 +1053,15 @@ def lock_folder(path, wait=False):
             other = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
         finally:
             os.close(fd)
-        raise ValueError(
+        busy = ValueError(
             f"{Path(path)} is in use by another run (process {other}); wait for it to finish "
             f"or stop it (a killed process frees it at once), or choose another folder.")
+        busy.holder = other  # tells "busy, worth waiting for" from the refusals above
+        raise busy
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD_LOCKS.add(key)
 
     def release():
         try:
@@ -1051,6 +1069,7 @@ def lock_folder(path, wait=False):
             _unlock(fd)
         finally:
             os.close(fd)
+            _HELD_LOCKS.discard(key)
 
     handle = contextlib.ExitStack()
     handle.callback(release)

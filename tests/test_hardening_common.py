@@ -419,13 +419,24 @@ def test_lock_folder_is_a_handle_and_a_context_manager(tmp_path):
     handle = common.lock_folder(tmp_path)
     assert handle.path == tmp_path / ".lock" and handle.pid == os.getpid()
     assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
-    with pytest.raises(ValueError, match=f"process {os.getpid()}"):
-        common.lock_folder(tmp_path)  # even this process's second attempt is refused
+    with pytest.raises(ValueError, match="already in use by this same run"):
+        common.lock_folder(tmp_path, wait=True)  # refused: it would wait for itself, for ever
     handle.close()
     handle.close()  # twice is harmless
     with common.lock_folder(tmp_path) as again:
         assert again.path.exists()
     common.lock_folder(tmp_path).close()
+
+
+@pytest.mark.skipif(not POSIX, reason="symbolic links need privileges on Windows")
+def test_lock_folder_refuses_a_link_as_its_lock_and_leaves_the_target_alone(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").symlink_to(notes)
+    with pytest.raises(ValueError, match="is not a plain file"):
+        common.lock_folder(tmp_path / "run")
+    assert notes.read_text() == "precious"
 
 
 def test_lock_folder_in_a_missing_folder_is_an_os_error(tmp_path):

@@ -276,6 +276,16 @@ def test_a_resumed_run_that_diverges_does_not_suggest_a_flag_resume_refuses(mnis
 
 
 @pytest.mark.mnist
+def test_the_mnist_folder_as_out_is_refused_instead_of_waiting_for_itself(mnist, capsys):
+    data_folder = common.mnist_raw_dir().parent  # its .lock guards the data while it loads
+    before = sorted(p.name for p in data_folder.iterdir())
+    assert run(*TINY, "--out", data_folder) == 2
+    err = capsys.readouterr().err
+    assert "already in use by this same run" in err and err.count("\n") == 1
+    assert sorted(p.name for p in data_folder.iterdir()) == before
+
+
+@pytest.mark.mnist
 def test_running_out_of_memory_is_one_sentence_and_keeps_the_last_epoch(mnist, tmp_path, capsys,
                                                                         monkeypatch):
     out = tmp_path / "run"

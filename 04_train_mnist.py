@@ -1330,7 +1330,8 @@ def read_ablation_runs(path):
     """The finished runs in an earlier ablation.json -> list (empty when there is none).
 
     A file that is not one (damaged, or someone else's) is moved aside to
-    ablation.unreadable.json, never overwritten, and the ablation starts afresh.
+    ablation.unreadable.json (or .1.json, .2.json, ...: never over an earlier one), and the
+    ablation starts afresh.
     Needs: json, ABLATION_RUN_KEYS, sys
     """
     if not path.is_file():
@@ -1344,7 +1345,9 @@ def read_ablation_runs(path):
             raise TypeError("not a list of runs")
         return runs
     except (OSError, ValueError, KeyError, TypeError):
-        aside = path.with_name("ablation.unreadable.json")
+        aside, n = path.with_name("ablation.unreadable.json"), 1
+        while aside.exists() or aside.is_symlink():  # an earlier one stays as it is
+            aside, n = path.with_name(f"ablation.unreadable.{n}.json"), n + 1
         path.replace(aside)
         print(f"{path} is not an ablation this script wrote: moved it to {aside.name} and "
               "starting the ablation afresh", file=sys.stderr)
@@ -1360,7 +1363,8 @@ def run_ablation(args):
         install_interrupt_handlers (common), lock_folder (common), clean_leftovers (common), sys,
         ablation_configs, torch, prepare_data, fit, show_progress (common), evaluate,
         save_json (common), ABLATION, restore_interrupt_handlers (common), ablation_table,
-        mean_std, result_line (common), check_config, check_no_folders_at, read_ablation_runs
+        mean_std, result_line (common), check_config, check_no_folders_at, read_ablation_runs,
+        load_mnist_limited (common)
     """
     extra = given_flags(args, [k for k in HYPERPARAMETERS if k not in ("limit", "step")])
     if args.preset is not None or args.resume:
@@ -1388,6 +1392,7 @@ def run_ablation(args):
     default = Path(__file__).resolve().parent / "runs" / "ablation"
     out = check_writable_dir(args.out if args.out is not None else default)
     check_no_folders_at(out, (".lock", "ablation.json"))
+    load_mnist_limited("cpu", args.limit)  # --limit against the data, before any file moves
     path = out / "ablation.json"
     seeds = list(range(args.seeds))
     signals = install_interrupt_handlers()

@@ -328,6 +328,27 @@ def test_an_unreadable_ablation_file_is_moved_aside_never_overwritten(text, tmp_
     assert "moved it to ablation.unreadable.json" in capsys.readouterr().err
 
 
+def test_a_second_unreadable_ablation_file_does_not_replace_the_first(tmp_path):
+    path = tmp_path / "ablation.json"
+    for text in ("FIRST", "SECOND", "THIRD"):
+        path.write_text(text)
+        assert train.read_ablation_runs(path) == []
+    assert [(tmp_path / name).read_text() for name in ("ablation.unreadable.json",
+            "ablation.unreadable.1.json", "ablation.unreadable.2.json")] == ["FIRST", "SECOND",
+                                                                             "THIRD"]
+
+
+@pytest.mark.mnist
+def test_an_ablation_limit_beyond_the_data_is_refused_before_its_file_is_touched(mnist, tmp_path,
+                                                                                capsys):
+    (tmp_path / "ablation.json").write_text("not an ablation")
+    assert run("--ablation", "--seeds", "1", "--limit", "70000", "--device", "cpu",
+               "--out", tmp_path) == 2
+    assert "--limit must be between 1 and the 60,000" in capsys.readouterr().err
+    assert (tmp_path / "ablation.json").read_text() == "not an ablation"
+    assert not (tmp_path / "ablation.unreadable.json").exists()
+
+
 def test_a_limit_below_the_presets_validation_digits_says_which_flag_to_give(tmp_path, capsys):
     # --limit 5000 with the default preset's 5,000 validation digits leaves none to train on;
     # the sentence must name --val-size, which the learner never typed (refused before data).

@@ -331,6 +331,14 @@ def main(argv=None):
     print(result_line(test_accuracy=test["accuracy"], precision=test["precision"],
                              recall=test["recall"], f1=test["f1"], baseline_accuracy=baseline,
                              train_accuracy=train_accuracy, ok=ok))
+    if not ok:  # the run worked, but what it learned fails the lesson's own check
+        why = (f"the {len(t_test):,} test digits hold no 9, so there is none to find (F1 0): "
+               "give a larger --limit" if t_test.sum().item() == 0 else
+               f"the detector does not beat always answering 'not 9' ({test['accuracy']:.2%} "
+               f"against {baseline:.2%}) or finds no 9 (F1 {test['f1']:.3f}): train longer or "
+               "on more digits (--epochs, --limit), or with the default --lr 0.5 and "
+               "--batch-size 64")
+        print(f"check failed: {why}.", file=sys.stderr)
     return 0 if ok else 1
 
 

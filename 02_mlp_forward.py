@@ -273,6 +273,15 @@ def main(argv=None):
           and 0.5 < he_ratio < 2.0)
     print(result_line(params=n_params, initial_loss=loss, ln_classes=chance,
                              row_sum_error=row_error, he_scale_ratio=he_ratio, ok=ok))
+    if not ok:  # say which of the lesson's own checks failed
+        why = [f"the untrained loss {loss:.4f} is not within 1 of ln {n_classes} = "
+               f"{chance:.4f} (very narrow or very wide layers spread the random logits)"
+               if not (math.isfinite(loss) and abs(loss - chance) < 1.0) else "",
+               f"the probability rows miss 1 by up to {row_error:.1e}" if not row_error < 1e-5
+               else "",
+               f"He init changed the scale by {he_ratio:.2f}x over 10 layers" if not
+               0.5 < he_ratio < 2.0 else ""]
+        print(f"check failed: {'; '.join(w for w in why if w)}.", file=sys.stderr)
     return 0 if ok else 1
 
 

@@ -384,6 +384,28 @@ def test_lesson_01_stops_on_a_diverged_loss_and_keeps_the_old_picture(mnist, tmp
     assert (tmp_path / "weights.png").read_bytes() == b"the picture of an earlier run"
 
 
+@pytest.mark.mnist
+@pytest.mark.parametrize("flags, why", [
+    (["--limit", "5", "--batch-size", "1"], "the 5 test digits hold no 9"),
+    (["--limit", "2000", "--lr", "1e-30"], "does not beat always answering 'not 9'"),
+])
+def test_lesson_01_says_which_check_failed(flags, why, mnist, tmp_path, capsys):
+    status = common.run_main(load_lesson("01_logistic_regression").main,
+                             [*flags, "--epochs", "1", "--no-progress", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert status == 1 and "ok=false" in out
+    assert err.startswith("check failed: ") and why in err and err.count("\n") == 1
+
+
+@pytest.mark.mnist
+def test_lesson_02_says_which_check_failed(mnist, capsys):
+    status = common.run_main(load_lesson("02_mlp_forward").main,
+                             ["--sizes", "784", "1", "10", "--digits", "10", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert status == 1 and err.startswith("check failed: the untrained loss 3.6")
+    assert "is not within 1 of ln 10 = 2.3026" in err and err.count("\n") == 1
+
+
 def test_lesson_02_refuses_fewer_logits_than_digit_classes(capsys):
     status = common.run_main(load_lesson("02_mlp_forward").main, ["--sizes", "784", "128", "9"])
     err = capsys.readouterr().err

@@ -45,6 +45,7 @@ import importlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
+import shlex  # noqa: E402
 import textwrap  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -666,7 +667,7 @@ def build_parser():
                         help="report the test accuracy of a checkpoint, train nothing")
     parser.add_argument("--ablation", action="store_true",
                         help="train README's ablation ladder (several seeds per rung)")
-    parser.add_argument("--seeds", type=int_in(1, 100), default=3,
+    parser.add_argument("--seeds", type=int_in(1, 100),
                         help="seeds per rung of --ablation (default 3)")
     return add_run_args(parser, seed=None)  # --seed None: the preset's seed, 0
 
@@ -1091,11 +1092,17 @@ def run_eval(args):
         raise ValueError(f"--eval only reads a checkpoint; drop {', '.join(extra)}.")
     device = pick_device(args.device)
     state = load_checkpoint(args.eval)
-    X_test, y_test = load_mnist_limited(device, args.limit)[2:]
+    X_test, y_test = load_mnist_limited(device)[2:]
+    if args.limit is not None:  # here --limit counts test digits
+        if args.limit > len(X_test):
+            raise ValueError(f"--limit with --eval scores the first N test digits: give 1 to "
+                             f"{len(X_test):,}, got {args.limit}, or leave it out for all.")
+        X_test, y_test = X_test[:args.limit], y_test[:args.limit]
     with torch.inference_mode():
         params = tuple(p.to(device) for p in state["params"])
         loss, acc = evaluate(params, X_test, y_test)
-    print(f"{args.eval}: {describe_config(state['config'])}, trained {state['epoch']} epochs")
+    epochs = f"{state['epoch']} epoch{'' if state['epoch'] == 1 else 's'}"
+    print(f"{args.eval}: {describe_config(state['config'])}, trained {epochs}")
     print(f"test accuracy {acc:.2%} on {len(y_test):,} digits (loss {loss:.4f})")
     print(result_line(test_accuracy=acc, test_loss=loss, epochs=state["epoch"]))
     return 0
@@ -1159,7 +1166,7 @@ def interrupted_message(args, out, earlier=None):
     earlier is file_identity(out / "checkpoint.pt") from before this run began: a checkpoint
     still the same is another run's (or, resuming, the one this run started from), and a new
     run that saved nothing must not send the learner to --resume someone else's epochs.
-    Needs: file_identity
+    Needs: file_identity, shlex
     """
     checkpoint = out / "checkpoint.pt"
     if not checkpoint.is_file():
@@ -1168,10 +1175,11 @@ def interrupted_message(args, out, earlier=None):
     if earlier is not None and not args.resume and file_identity(checkpoint) == earlier:
         return (f"\ninterrupted before the first epoch finished: {checkpoint} is still the "
                 "earlier run's, unchanged; run the same command again to start over.")
-    return (f"\ninterrupted: {checkpoint} holds the last finished epoch; continue "
-            f"with --resume"
-            f"{'' if args.preset in (None, 'default') else ' --preset ' + args.preset}"
-            f"{'' if args.out is None else ' --out ' + str(args.out)}.")
+    command = ("python 04_train_mnist.py --resume"
+               + ("" if args.preset in (None, "default") else " --preset " + args.preset)
+               + ("" if args.out is None else " --out " + shlex.quote(str(args.out))))
+    return (f"\ninterrupted: {checkpoint} holds the last finished epoch; to continue, run:\n"
+            f"    {command}")
 
 
 def file_identity(path):
@@ -1198,6 +1206,9 @@ def main(argv=None):
     """
     started = time.perf_counter()
     args = parse_args(build_parser(), argv)
+    if args.seeds is not None and not args.ablation:
+        raise ValueError("--seeds sets how many seeds each rung of --ablation trains; add "
+                         "--ablation, or drop --seeds (a single run takes --seed).")
     if args.eval is not None:
         return run_eval(args)
     if args.ablation:
@@ -1372,8 +1383,9 @@ def run_ablation(args):
     if extra:
         raise ValueError(f"--ablation trains its own fixed ladder; drop {', '.join(extra)}.")
     device = pick_device(args.device)
+    n_seeds = 3 if args.seeds is None else args.seeds
     todo = [(i, s, label, dict(config, limit=args.limit, step=args.step or "inplace"))
-            for s in range(args.seeds) for i, (label, config) in enumerate(ablation_configs(s))]
+            for s in range(n_seeds) for i, (label, config) in enumerate(ablation_configs(s))]
     for _, _, label, config in todo[:len(ABLATION)]:  # every rung's config, before any work
         try:
             check_config(config)
@@ -1394,7 +1406,7 @@ def run_ablation(args):
     check_no_folders_at(out, (".lock", "ablation.json"))
     load_mnist_limited("cpu", args.limit)  # --limit against the data, before any file moves
     path = out / "ablation.json"
-    seeds = list(range(args.seeds))
+    seeds = list(range(n_seeds))
     signals = install_interrupt_handlers()
     try:
         with lock_folder(out):

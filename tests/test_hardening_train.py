@@ -188,7 +188,12 @@ def test_an_interruption_before_the_first_checkpoint_does_not_suggest_resume(tmp
     assert "--resume" not in message and "run the same command again" in message
     (tmp_path / "checkpoint.pt").write_bytes(b"x")
     message = train.interrupted_message(argparse.Namespace(preset=None, out=tmp_path), tmp_path)
-    assert f"continue with --resume --out {tmp_path}" in message
+    assert f"to continue, run:\n    python 04_train_mnist.py --resume --out {tmp_path}" in message
+    spaced = argparse.Namespace(preset="notebook", out=tmp_path / "my run", resume=True)
+    (tmp_path / "my run").mkdir()
+    (tmp_path / "my run" / "checkpoint.pt").write_bytes(b"x")
+    message = train.interrupted_message(spaced, tmp_path / "my run")
+    assert message.endswith(f"--resume --preset notebook --out '{tmp_path / 'my run'}'")
 
 
 def test_a_new_run_interrupted_before_its_first_epoch_does_not_send_you_to_an_older_run(tmp_path):
@@ -202,11 +207,11 @@ def test_a_new_run_interrupted_before_its_first_epoch_does_not_send_you_to_an_ol
     # Once this run has saved an epoch (a new file renamed over the old one), --resume is right.
     (tmp_path / "new").write_bytes(b"this run's first epoch")
     os.replace(tmp_path / "new", tmp_path / "checkpoint.pt")
-    assert "continue with --resume" in train.interrupted_message(new_run, tmp_path, earlier)
+    assert "to continue, run:" in train.interrupted_message(new_run, tmp_path, earlier)
     # Resuming, the checkpoint this run started from is the right one to go on from.
     resumed = argparse.Namespace(preset=None, out=tmp_path, resume=True)
     earlier = train.file_identity(tmp_path / "checkpoint.pt")
-    assert "continue with --resume" in train.interrupted_message(resumed, tmp_path, earlier)
+    assert "to continue, run:" in train.interrupted_message(resumed, tmp_path, earlier)
 
 
 class _SignalOnCollect:
@@ -326,6 +331,23 @@ def test_an_unreadable_ablation_file_is_moved_aside_never_overwritten(text, tmp_
     assert train.read_ablation_runs(path) == []
     assert (tmp_path / "ablation.unreadable.json").read_text() == text and not path.exists()
     assert "moved it to ablation.unreadable.json" in capsys.readouterr().err
+
+
+def test_seeds_without_ablation_is_refused(capsys):
+    assert run("--seeds", "5", "--epochs", "1") == 2
+    err = capsys.readouterr().err
+    assert "--seeds sets how many seeds each rung of --ablation trains" in err
+
+
+@pytest.mark.mnist
+def test_eval_counts_its_limit_in_test_digits(mnist, tmp_path, capsys):
+    assert run(*TINY, "--out", tmp_path) == 0
+    capsys.readouterr()
+    assert run("--eval", tmp_path / "checkpoint.pt", "--limit", "20000") == 2
+    assert "give 1 to 10,000, got 20000" in capsys.readouterr().err
+    assert run("--eval", tmp_path / "checkpoint.pt", "--limit", "300") == 0
+    out = capsys.readouterr().out
+    assert "trained 1 epoch\n" in out and "on 300 digits" in out
 
 
 def test_a_second_unreadable_ablation_file_does_not_replace_the_first(tmp_path):

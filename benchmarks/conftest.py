@@ -7,7 +7,7 @@
 import peak as peak_module
 import pytest
 import torch
-from contenders import JaxWorker, Skip
+from contenders import JaxWorker, Skip, seconds_from_env
 
 DEVICES = ("cpu", "cuda", "mps")
 
@@ -17,6 +17,13 @@ def pytest_addoption(parser):
                      help="benchmark devices: all (default; absent ones are skipped with the "
                           "reason), auto (cuda, else mps, else cpu), or a comma list of "
                           "cpu, cuda, mps")
+
+
+def pytest_configure(config):
+    try:
+        seconds_from_env("BENCH_MAX_TIME", 2.0)  # read by the benchmarks as they are collected
+    except ValueError as err:
+        raise pytest.UsageError(str(err)) from None
 
 
 def mps_available():

@@ -30,6 +30,7 @@ not counted, so extra work shows up as lower GFLOP/s):
 
 import contextlib
 import importlib
+import math
 import os
 import subprocess
 import sys
@@ -54,6 +55,24 @@ training = importlib.import_module("04_train_mnist")
 
 SIZES = (784, 512, 128, 10)
 LR = 0.01
+
+
+def seconds_from_env(name, default, environ=None):
+    """A positive, finite number of seconds from the environment variable name (or default).
+
+    Anything else (BENCH_MAX_TIME=abc, 0, nan) is a ValueError in one sentence.
+    """
+    text = (os.environ if environ is None else environ).get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number of seconds (e.g. {name}=0.5), "
+                         f"got {text!r}.")
+    return value
 
 
 class Skip(Exception):

@@ -51,15 +51,21 @@ def best_rate(matmul, sync, sizes, repeats):
     return best
 
 
-def device_words(device):
-    """common.device_description: a GPU's name, or the CPU with its widest vector instructions,
-    e.g. "AMD EPYC (family 25, model 1), AVX2, no AVX-512" (one model name can hide a 2x gap)."""
+def lessons_common():
+    """The lessons' common.py, imported only when needed: it imports torch, which the numpy
+    and JAX measuring processes must not."""
     root = os.path.dirname(HERE)
     if root not in sys.path:
         sys.path.insert(0, root)
     import common
 
-    return common.device_description(device)
+    return common
+
+
+def device_words(device):
+    """common.device_description: a GPU's name, or the CPU with its widest vector instructions,
+    e.g. "AMD EPYC (family 25, model 1), AVX2, no AVX-512" (one model name can hide a 2x gap)."""
+    return lessons_common().device_description(device)
 
 
 def measure_torch(device="cpu", sizes=None, repeats=10):
@@ -232,11 +238,20 @@ def describe(result):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
     parser.add_argument("--repeats", type=int, default=10, help="products per size")
     parser.add_argument("--backend", choices=("torch", "numpy", "jax"),
                         help=argparse.SUPPRESS)  # internal: measure one backend, print one line
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        print(f"error: --repeats must be at least 1, got {args.repeats}.", file=sys.stderr)
+        return 2
+    if not args.backend:
+        try:
+            args.device = str(lessons_common().pick_device(args.device))  # "auto" resolved
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if args.backend:
         platform = "gpu" if args.device.startswith("cuda") else "cpu"
         if args.backend == "jax" and jax_disabled():

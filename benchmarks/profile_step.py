@@ -16,7 +16,7 @@ import sys
 import time
 
 import torch
-from contenders import build, device_label, make_problem, mode
+from contenders import build, common, device_label, make_problem, mode
 from torch.profiler import ProfilerActivity, profile
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::matmul")
@@ -53,12 +53,13 @@ def profile_impl(impl, batch, steps, top):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, nargs="+", default=[32, 2048])
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--top", type=int, default=12, help="ops shown per implementation")
-    args = parser.parse_args(argv)
+    parser.add_argument("--batches", type=common.int_in(1, 65_536), nargs="+", default=[32, 2048])
+    parser.add_argument("--steps", type=common.int_in(1, 100_000), default=100)
+    parser.add_argument("--top", type=common.int_in(1, 1000), default=12,
+                        help="ops shown per implementation")
+    args = common.parse_args(parser, argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: "
           f"{device_label(torch.device('cpu'))}")
     shares = {}
@@ -75,4 +76,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.run_main(main))

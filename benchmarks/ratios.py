@@ -29,6 +29,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # run as a script or imported by path, contenders sits here
+    sys.path.insert(0, str(HERE))
+from contenders import common  # noqa: E402  (the lessons' helpers; imports torch, not jax)
+
 BATCHES = (1, 32, 128, 512, 2048)
 TORCH_IMPLS = ("manual", "fused", "compiled", "autograd")
 BLOCK_SECONDS = 0.02
@@ -167,21 +171,28 @@ def time_jax_process(device_name, batches, blocks):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
-    parser.add_argument("--processes", type=int, default=7,
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
+    parser.add_argument("--processes", type=common.int_in(1, 100), default=7,
                         help="rounds of processes (a ratio swings between processes)")
-    parser.add_argument("--blocks", type=int, default=15, help="timed blocks per contender")
-    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    parser.add_argument("--blocks", type=common.int_in(1, 10_000), default=15,
+                        help="timed blocks per contender")
+    parser.add_argument("--batches", type=common.int_in(1, 65_536), nargs="+",
+                        default=list(BATCHES))
     parser.add_argument("--out", type=Path, help="default: .benchmarks/ratios_<device>.json")
     parser.add_argument("--no-peak", action="store_true", help="skip the peak measurement")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv)
+    args.device = str(common.pick_device(args.device))  # "auto" resolved; no GPU: a sentence
     if args.child:  # one torch process: print its result as JSON
         print(json.dumps(time_torch_process(args.device, args.batches, args.blocks)))
         return 0
     out = args.out or HERE.parent / ".benchmarks" / f"ratios_{args.device.split(':')[0]}.json"
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the JSON file's path, e.g. "
+                         f"{out / 'ratios.json'}.")
+    common.check_writable_dir(out.parent)  # found now, not after minutes of measuring
     torch_runs, jax_runs = [], []
     for r in range(args.processes):
         print(f"round {r + 1}/{args.processes}: torch process ...", flush=True)
@@ -223,13 +234,10 @@ def main(argv=None):
                     map(str, args.batches)},
         "raw": {"torch": torch_runs, "jax": jax_runs},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, out)
+    common.save_json(out, data)  # strict JSON, written to a temporary file and renamed
     print(f"wrote {out}; python benchmarks/report.py prints it")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.run_main(main))

@@ -60,13 +60,19 @@ def load_runs(path):
                          "give a file that --benchmark-autosave or --benchmark-json "
                          "wrote.") from None
     runs = {}
-    for bench in benchmarks:
-        info = bench.get("extra_info", {})
-        if "op" not in info or not bench.get("stats"):
-            continue
-        width = (info.get("sizes") or [0, DEFAULT_WIDTH])[1]
-        runs[(info["device"], info["op"], info["impl"], info["batch"], width)] = dict(
-            info, seconds=bench["stats"]["min"], median_s=bench["stats"].get("median"))
+    try:
+        for bench in benchmarks:
+            info = bench.get("extra_info", {})
+            if "op" not in info or not bench.get("stats"):
+                continue
+            width = (info.get("sizes") or [0, DEFAULT_WIDTH])[1]
+            runs[(info["device"], info["op"], info["impl"], info["batch"], width)] = dict(
+                info, seconds=float(bench["stats"]["min"]),
+                median_s=bench["stats"].get("median"))
+    except (AttributeError, KeyError, TypeError, IndexError, ValueError) as err:
+        raise ValueError(f"{path} holds a benchmark entry this suite did not write "
+                         f"({type(err).__name__}: {err}); give a file that "
+                         "`pytest benchmarks --benchmark-autosave` wrote.") from None
     if not runs:
         raise ValueError(f"{path} holds no timed MLP benchmarks (were they run with "
                          "--benchmark-disable?); run them with --benchmark-autosave.")

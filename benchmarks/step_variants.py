@@ -65,18 +65,14 @@ def epoch_seconds(name, params, velocity, batches, device):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=common.int_in(1, 1000), default=9)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
     parser.add_argument("--examples", type=common.int_in(128, 10_000_000), default=55_000,
                         help="examples per epoch (default 55,000, the default recipe's)")
-    args = parser.parse_args(argv)
-    try:
-        device = common.pick_device(args.device)
-    except ValueError as err:
-        print(f"step_variants.py: {err}", file=sys.stderr)
-        return 2
+    args = common.parse_args(parser, argv)
+    device = common.pick_device(args.device)
     batches = make_batches(device, n=args.examples)
     with torch.inference_mode():
         g = torch.Generator().manual_seed(0)
@@ -104,4 +100,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.run_main(main))

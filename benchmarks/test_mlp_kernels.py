@@ -18,8 +18,6 @@ With --benchmark-disable (CI) each case runs once, except "compiled", which then
 one batch size only (32): each batch size is a separate compilation of 10-40 s on a small CPU.
 """
 
-import os
-
 import pytest
 import torch
 from contenders import (
@@ -30,6 +28,7 @@ from contenders import (
     device_label,
     make_problem,
     op_flops,
+    seconds_from_env,
     sync,
 )
 
@@ -52,7 +51,7 @@ CASES = [(op, batch, impl) for op, impls in OPS.items() for batch in BATCHES for
 # the one least disturbed by others' work (report.py uses that minimum). BENCH_MAX_TIME=0.5
 # makes a quicker, noisier run.
 BENCHMARK = {"warmup": True, "warmup_iterations": 10, "min_rounds": 20,
-             "max_time": float(os.environ.get("BENCH_MAX_TIME", "2.0"))}
+             "max_time": seconds_from_env("BENCH_MAX_TIME", 2.0)}
 pytestmark = pytest.mark.benchmark(**BENCHMARK)
 
 

@@ -186,6 +186,9 @@ def test_pictures_are_written_per_device_with_the_peak_as_the_limit(tmp_path):
 @pytest.mark.parametrize("content, words", [
     ("not json", "is not a pytest-benchmark JSON file"),
     (json.dumps({"benchmarks": [{"extra_info": {}, "stats": None}]}), "holds no timed MLP"),
+    (json.dumps({"benchmarks": [1]}), "holds a benchmark entry this suite did not write"),
+    (json.dumps({"benchmarks": [{"extra_info": {"op": "step"}, "stats": {"min": 1}}]}),
+     "holds a benchmark entry this suite did not write"),
 ])
 def test_report_refuses_files_it_cannot_read(tmp_path, capsys, content, words):
     path = tmp_path / "run.json"
@@ -227,5 +230,48 @@ def test_step_variants_refuses_an_absent_device_in_one_sentence(capsys):
     variants = load("step_variants")
     if variants.torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present here")
-    assert variants.main(["--device", "cuda"]) == 2
+    assert variants.common.run_main(variants.main, ["--device", "cuda"]) == 2
     assert "sees no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script, flags, words", [
+    ("ratios", ["--processes", "0"], "--processes: must be a whole number between 1 and 100"),
+    ("ratios", ["--blocks", "0"], "--blocks: must be a whole number between 1 and"),
+    ("ratios", ["--batches", "-1"], "--batches: must be a whole number between 1 and"),
+    ("ratios", ["--device", "bogus"], "unknown device 'bogus'"),
+    ("profile_step", ["--batches", "-3"], "--batches: must be a whole number between 1 and"),
+    ("profile_step", ["--steps", "0"], "--steps: must be a whole number between 1 and"),
+    ("step_variants", ["--rounds", "x"], "--rounds: must be a whole number between 1 and"),
+])
+def test_benchmark_scripts_refuse_bad_flags_in_one_sentence(script, flags, words, capsys):
+    module = load(script)
+    assert module.common.run_main(module.main, flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and err.count("\n") == 1
+
+
+def test_ratios_refuses_a_folder_as_out_before_measuring(tmp_path, capsys):
+    ratios = load("ratios")
+    assert ratios.common.run_main(ratios.main, ["--out", str(tmp_path), "--processes", "1"]) == 2
+    assert f"--out {tmp_path} is a folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing measured, nothing written
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--repeats", "0"], "--repeats must be at least 1, got 0"),
+    (["--device", "bogus"], "unknown device 'bogus'"),
+])
+def test_peak_refuses_bad_flags_in_one_sentence(flags, words, capsys):
+    assert load("peak").main(flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-1", "nan", "inf"])
+def test_bench_max_time_must_be_a_positive_number(text):
+    contenders = load("contenders")
+    with pytest.raises(ValueError, match=f"BENCH_MAX_TIME must be a positive number of seconds "
+                                         f".*got '{text}'"):
+        contenders.seconds_from_env("BENCH_MAX_TIME", 2.0, {"BENCH_MAX_TIME": text})
+    assert contenders.seconds_from_env("BENCH_MAX_TIME", 2.0, {"BENCH_MAX_TIME": "0.5"}) == 0.5
+    assert contenders.seconds_from_env("BENCH_MAX_TIME", 2.0, {}) == 2.0

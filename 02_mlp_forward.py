@@ -199,7 +199,7 @@ def main(argv=None):
     Needs: argparse, int_in (common), add_run_args (common), parse_args (common),
         pick_device (common), torch, init_params, make_generator (common), textwrap, describe,
         count_params, load_mnist (common), mlp_forward, softmax, cross_entropy, math,
-        activation_scales, result_line (common)
+        activation_scales, result_line (common), sys
     """
     parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -865,10 +865,15 @@ def add_run_args(parser, seed=0, data=True):
 def parse_args(parser, argv=None):
     """parser.parse_args, but a mistake becomes one ValueError sentence instead of usage + exit.
 
-    The parser must be built with exit_on_error=False.
+    The parser must be built with exit_on_error=False. The few mistakes argparse reports
+    through parser.error even so (an ambiguous abbreviation such as --e) are turned into the
+    same ValueError.
 
     Needs: argparse
     """
+    def refuse(message):
+        raise ValueError(f"{message}; see --help.")
+    parser.error = refuse  # this parser's own error(), which would print usage and exit
     try:
         args, extra = parser.parse_known_args(argv)
     except argparse.ArgumentError as err:

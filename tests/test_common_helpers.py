@@ -210,3 +210,12 @@ def test_add_run_args_types_refuse_a_bad_seed_and_limit_naming_the_flag():
     for argv, flag in ((["--seed", "-1"], "--seed"), (["--limit", "0"], "--limit")):
         with pytest.raises(ValueError, match=f"^argument {flag}: must be a whole number"):
             common.parse_args(parser, argv)
+
+
+def test_parse_args_turns_an_ambiguous_abbreviation_into_one_sentence():
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--eval")
+    with pytest.raises(ValueError, match="^ambiguous option: --e could match --epochs, --eval"):
+        common.parse_args(parser, ["--e", "3"])  # argparse would print usage and exit
+    assert common.parse_args(parser, ["--ep", "3"]).epochs == 3  # unambiguous: still fine

@@ -1129,8 +1129,11 @@ def prepare(args):
         preset = config["preset"]
     out = args.out if args.out is not None else Path(__file__).resolve().parent / "runs" / preset
     if args.resume and not (Path(out) / "checkpoint.pt").is_file():
-        raise ValueError(f"no checkpoint at {Path(out) / 'checkpoint.pt'}; train first, or give "
-                         "the run's folder with --out.")
+        there = Path(out) / "checkpoint.pt"
+        raise ValueError(f"{there} is a folder, not a checkpoint; move it away, or give the "
+                         "run's folder with --out." if there.is_dir() else
+                         f"no checkpoint at {there}; train first, or give the run's folder "
+                         "with --out.")
     out = check_writable_dir(out)  # created and probed before any training
     check_no_folders_at(out, RUN_FILES)
     return config, device, out
@@ -1215,6 +1218,9 @@ def main(argv=None):
         return run_ablation(args)
     config, device, out = prepare(args)
     earlier = file_identity(out / "checkpoint.pt")  # another run's, if there is one
+    if earlier is not None and not args.resume:
+        print(f"note: {out} holds an earlier run; this one replaces its files when its first "
+              "epoch ends (give another --out to keep both).")
     signals = install_interrupt_handlers()
     try:
         with lock_folder(out):

@@ -333,6 +333,22 @@ def test_an_unreadable_ablation_file_is_moved_aside_never_overwritten(text, tmp_
     assert "moved it to ablation.unreadable.json" in capsys.readouterr().err
 
 
+@pytest.mark.mnist
+def test_a_new_run_into_a_folder_holding_a_run_says_it_will_replace_it(mnist, tmp_path, capsys):
+    assert run(*TINY, "--out", tmp_path) == 0
+    assert "holds an earlier run" not in capsys.readouterr().out
+    assert run(*TINY, "--out", tmp_path) == 0
+    assert f"note: {tmp_path} holds an earlier run; this one replaces" in capsys.readouterr().out
+    assert run("--resume", "--out", tmp_path, "--device", "cpu", "--no-progress") == 0
+    assert "holds an earlier run" not in capsys.readouterr().out  # resuming continues it
+
+
+def test_resume_names_a_folder_where_the_checkpoint_should_be(tmp_path, capsys):
+    (tmp_path / "checkpoint.pt").mkdir()
+    assert run("--resume", "--out", tmp_path, "--device", "cpu") == 2
+    assert "checkpoint.pt is a folder, not a checkpoint" in capsys.readouterr().err
+
+
 def test_seeds_without_ablation_is_refused(capsys):
     assert run("--seeds", "5", "--epochs", "1") == 2
     err = capsys.readouterr().err

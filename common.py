@@ -550,9 +550,11 @@ def load_mnist(root=None, device="cpu", sources=MNIST_SOURCES, expected_sha256=M
             print(f"MNIST: waiting for another process that holds {raw_dir.parent / LOCK_NAME}",
                   file=sys.stderr)
             lock = lock_folder(raw_dir.parent, wait=True)
-    except OSError:
+    except OSError as err:
         if missing:
-            raise
+            raise OSError(f"cannot make or lock the MNIST folder {raw_dir.parent} "
+                          f"({err.strerror or type(err).__name__}) to fetch the data into; set "
+                          "MNIST_ROOT to a folder you can write to, or unset it.") from None
         lock = None  # a read-only copy of MNIST: nothing to fetch, clean or remember
     with lock or contextlib.nullcontext():
         if lock is not None:
@@ -931,10 +933,15 @@ def run_main(main, argv=None):
     status 1; a Ctrl-C (or SIGTERM, see install_interrupt_handlers) becomes status 130 with
     no traceback.
 
-    Needs: sys, is_out_of_memory, out_of_memory_message
+    Needs: sys, os, is_out_of_memory, out_of_memory_message
     """
     try:
         return main(argv)
+    except BrokenPipeError:  # stdout went to a program that stopped reading (| head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        print("error: the program reading this output stopped (a closed pipe), so the run "
+              "stopped too; send the output to a file or a terminal instead.", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -1127,6 +1134,9 @@ def check_writable_dir(path, flag="--out"):
         raise ValueError(f"{flag} is empty; give the folder to write the run into.")
     folder = Path(path).expanduser()
     try:
+        if folder.is_symlink() and not folder.exists():
+            raise ValueError(f"{flag} {folder} is a link to nothing ({os.readlink(folder)}); "
+                             "remove the link or give a folder.")
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"{flag} {folder} is a file, not a folder; give a folder.")
         folder.mkdir(parents=True, exist_ok=True)

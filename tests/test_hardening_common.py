@@ -491,6 +491,35 @@ def test_check_writable_dir_refuses_an_empty_path(value):
         common.check_writable_dir(value)
 
 
+@pytest.mark.skipif(not POSIX, reason="symbolic links need privileges on Windows")
+def test_check_writable_dir_names_a_link_to_nothing(tmp_path):
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="is a link to nothing"):
+        common.check_writable_dir(tmp_path / "link")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_an_mnist_root_that_is_a_file_is_one_sentence(tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(OSError, match=r"cannot make or lock the MNIST folder .*afile.*MNIST_ROOT"):
+        common.load_mnist(root=tmp_path / "afile")
+
+
+@pytest.mark.skipif(not POSIX, reason="a shell pipe into head")
+def test_a_closed_output_pipe_stops_a_lesson_with_one_sentence():
+    script = ("import sys, common\n"
+              "def main(argv):\n"
+              "    for _ in range(100_000):\n"
+              "        print('a line of output', flush=True)\n"
+              "    return 0\n"
+              "sys.exit(common.run_main(main))\n")
+    done = subprocess.run(f"{sys.executable} -c \"{script}\" | head -1", shell=True,
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.stdout == "a line of output\n"
+    assert done.stderr.startswith("error: the program reading this output stopped"), done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
 def test_check_writable_dir_refuses_a_file_and_a_path_under_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ValueError, match="is a file, not a folder"):

@@ -165,13 +165,18 @@ def describe(params, sizes):
 
     Needs: nothing
     """
-    lines = [f"{'layer':<8}{'W':>14}{'b':>9}{'params':>10}"]
+    rows = [("layer", "W", "b", "params")]
     for i in range(len(sizes) - 1):
         W, b = params[2 * i], params[2 * i + 1]
         kind = "relu" if i < len(sizes) - 2 else "logits"
-        shape_w = "x".join(map(str, W.shape))
-        lines.append(f"{i + 1} {kind:<6}{shape_w:>14}{b.shape[0]:>9}{W.numel() + b.numel():>10,}")
-    return "\n".join(lines)
+        rows.append((f"{i + 1} {kind}", "x".join(map(str, W.shape)), str(b.shape[0]),
+                     f"{W.numel() + b.numel():,}"))
+    # Columns at least 8, 14, 9 and 10 wide, wider when a wide layer needs it.
+    widths = [max(least, *(len(row[c]) + (0 if c == 0 else 2) for row in rows))
+              for c, least in enumerate((8, 14, 9, 10))]
+    return "\n".join(f"{row[0]:<{widths[0]}}" + "".join(f"{cell:>{w}}" for cell, w in
+                                                         zip(row[1:], widths[1:]))
+                     for row in rows)
 
 
 def activation_scales(x, width, depth, weight_std, generator):

@@ -444,6 +444,16 @@ def test_lesson_02_says_which_check_failed(mnist, capsys):
     assert "is not within 1 of ln 10 = 2.3026" in err and err.count("\n") == 1
 
 
+def test_lesson_02_layer_table_keeps_wide_layers_columns_apart():
+    sizes = [784, 65536, 10]
+    params = tuple(torch.empty(*shape, device="meta") for a, b in zip(sizes[:-1], sizes[1:])
+                   for shape in ((a, b), (b,)))  # shapes only, no memory
+    header, first, last = load_lesson("02_mlp_forward").describe(params, sizes).splitlines()
+    assert first.split() == ["1", "relu", "784x65536", "65536", "51,445,760"]
+    assert last.split() == ["2", "logits", "65536x10", "10", "655,370"]
+    assert len(header) == len(first) == len(last)  # right-aligned columns line up
+
+
 def test_lesson_02_refuses_fewer_logits_than_digit_classes(capsys):
     status = common.run_main(load_lesson("02_mlp_forward").main, ["--sizes", "784", "128", "9"])
     err = capsys.readouterr().err

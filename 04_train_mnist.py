@@ -1157,7 +1157,7 @@ def mark_stopped(path, status):
     """
     try:
         record = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         return
     if isinstance(record, dict) and record.get("status") == "running":
         save_json(path, dict(record, status=status))
@@ -1169,18 +1169,22 @@ def interrupted_message(args, out, earlier=None):
     earlier is file_identity(out / "checkpoint.pt") from before this run began: a checkpoint
     still the same is another run's (or, resuming, the one this run started from), and a new
     run that saved nothing must not send the learner to --resume someone else's epochs.
-    Needs: file_identity, shlex
+    Needs: file_identity, os, shlex
     """
     checkpoint = out / "checkpoint.pt"
     if not checkpoint.is_file():
-        return ("\ninterrupted before the first epoch finished: no checkpoint yet; run the "
-                "same command again to start over.")
+        return ("\ninterrupted before the first checkpoint was saved: no checkpoint yet; run "
+                "the same command again to start over.")
     if earlier is not None and not args.resume and file_identity(checkpoint) == earlier:
-        return (f"\ninterrupted before the first epoch finished: {checkpoint} is still the "
-                "earlier run's, unchanged; run the same command again to start over.")
-    command = ("python 04_train_mnist.py --resume"
+        return (f"\ninterrupted before this run saved its first checkpoint: {checkpoint} is "
+                "still the earlier run's, unchanged; run the same command again to start over.")
+    try:
+        script = os.path.relpath(__file__)  # as typed from here
+    except ValueError:  # Windows: another drive
+        script = os.path.abspath(__file__)
+    command = (f"python {shlex.quote(script)} --resume"
                + ("" if args.preset in (None, "default") else " --preset " + args.preset)
-               + ("" if args.out is None else " --out " + shlex.quote(str(args.out))))
+               + ("" if args.out is None else " --out=" + shlex.quote(str(args.out))))
     return (f"\ninterrupted: {checkpoint} holds the last finished epoch; to continue, run:\n"
             f"    {command}")
 
@@ -1219,8 +1223,9 @@ def main(argv=None):
     config, device, out = prepare(args)
     earlier = file_identity(out / "checkpoint.pt")  # another run's, if there is one
     if earlier is not None and not args.resume:
-        print(f"note: {out} holds an earlier run; this one replaces its files when its first "
-              "epoch ends (give another --out to keep both).")
+        print(f"note: {out} holds an earlier run; this one replaces its checkpoint and "
+              "metrics when its first epoch ends, and its pictures when it finishes (give "
+              "another --out to keep both).")
     signals = install_interrupt_handlers()
     try:
         with lock_folder(out):
@@ -1361,7 +1366,7 @@ def read_ablation_runs(path):
                 for r in runs):
             raise TypeError("not a list of runs")
         return runs
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         aside, n = path.with_name("ablation.unreadable.json"), 1
         while aside.exists() or aside.is_symlink():  # an earlier one stays as it is
             aside, n = path.with_name(f"ablation.unreadable.{n}.json"), n + 1
@@ -1418,6 +1423,9 @@ def run_ablation(args):
         with lock_folder(out):
             clean_leftovers(out)
             done = read_ablation_runs(path)
+            # Runs of other plans (other seeds, --limit, --step) stay in the file, unused.
+            others = [r for r in done if not any(r["rung"] == i and r["config"] == config
+                                                 for i, _, _, config in todo)]
             runs = []
             for n, (i, seed, label, config) in enumerate(todo, 1):
                 kept = [r for r in done if r["rung"] == i and r["config"] == config]
@@ -1433,9 +1441,10 @@ def run_ablation(args):
                              "val_accuracy": history[-1]["val_accuracy"],
                              "test_accuracy": test_acc,
                              "train_seconds": sum(h["seconds"] for h in history)})
-                save_json(path, {"rungs": [label for label, _ in ABLATION], "runs": runs,
-                                        "device": str(device), "torch": torch.__version__,
-                                        "threads": torch.get_num_threads()})
+                save_json(path, {"rungs": [label for label, _ in ABLATION],
+                                 "runs": runs + others, "device": str(device),
+                                 "torch": torch.__version__,
+                                 "threads": torch.get_num_threads()})
                 r = runs[-1]
                 print(f"[{n:>2}/{len(todo)}] rung {i} seed {seed}: val {r['val_accuracy']:.2%}, "
                       f"test {r['test_accuracy']:.2%}, {r['train_seconds']:.1f} s  ({label})")

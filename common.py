@@ -202,7 +202,7 @@ def verify_files(folder, expected_sha256, cache_name=VERIFIED_CACHE):
     try:
         cache = json.loads((folder / cache_name).read_text())
         cache = cache if isinstance(cache, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         cache = {}
     fresh, hashed = {}, []
     for name, sha in expected_sha256.items():
@@ -939,8 +939,9 @@ def run_main(main, argv=None):
         return main(argv)
     except BrokenPipeError:  # stdout went to a program that stopped reading (| head)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        print("error: the program reading this output stopped (a closed pipe), so the run "
-              "stopped too; send the output to a file or a terminal instead.", file=sys.stderr)
+        print("error: the program reading this output stopped (a closed pipe), so this run "
+              "ended there, its last lines lost; send the output to a file or a terminal "
+              "instead.", file=sys.stderr)
         return 1
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -981,8 +982,8 @@ def out_of_memory_message(err):
     else:
         match = re.search(r"[Tt]ried to allocate ([\d.]+ [KMG]i?B)", str(err))  # CUDA's
         size = f" ({match.group(1)} more were asked for)" if match else ""
-    return (f"ran out of memory{size}; use a smaller batch (--batch-size) or narrower layers, "
-            f"or free memory for this run. Files already written are unchanged.")
+    return (f"ran out of memory{size}; use a smaller batch or narrower layers (see --help), "
+            f"or free memory for this run. What was saved before (a checkpoint, say) is kept.")
 
 
 # ----------------------------------------------------------------------------- folders, files
@@ -1044,7 +1045,7 @@ def lock_folder(path, wait=False):
     """
     lock_path = Path(path) / LOCK_NAME
     if lock_path.is_symlink() or (lock_path.exists() and not lock_path.is_file()):
-        raise ValueError(f"{lock_path} is not a plain file (a link or a folder), so it cannot "
+        raise ValueError(f"{lock_path} is not a plain file (a link, a folder, ...), so it cannot "
                          "serve as this folder's lock; remove it or choose another folder.")
     key = os.path.realpath(lock_path)
     if key in _HELD_LOCKS:  # flock would wait for ourselves, for ever

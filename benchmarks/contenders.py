@@ -63,7 +63,7 @@ def seconds_from_env(name, default, environ=None):
     Anything else (BENCH_MAX_TIME=abc, 0, nan) is a ValueError in one sentence.
     """
     text = (os.environ if environ is None else environ).get(name)
-    if text is None:
+    if text is None or not text.strip():  # unset, or set to nothing
         return default
     try:
         value = float(text)

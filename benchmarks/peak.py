@@ -236,13 +236,20 @@ def describe(result):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
     parser.add_argument("--repeats", type=int, default=10, help="products per size")
     parser.add_argument("--backend", choices=("torch", "numpy", "jax"),
                         help=argparse.SUPPRESS)  # internal: measure one backend, print one line
-    args = parser.parse_args(argv)
+    def refuse(message):  # the mistakes argparse reports through error() even so
+        raise argparse.ArgumentError(None, message)
+    parser.error = refuse
+    try:
+        args = parser.parse_args(argv)
+    except argparse.ArgumentError as err:
+        print(f"error: {err}; see --help.", file=sys.stderr)
+        return 2
     if args.repeats < 1:
         print(f"error: --repeats must be at least 1, got {args.repeats}.", file=sys.stderr)
         return 2

@@ -55,7 +55,7 @@ def load_runs(path):
     try:
         data = json.loads(Path(path).read_text())
         benchmarks = data["benchmarks"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
         raise ValueError(f"{path} is not a pytest-benchmark JSON file ({type(err).__name__}); "
                          "give a file that --benchmark-autosave or --benchmark-json "
                          "wrote.") from None
@@ -216,7 +216,7 @@ def load_ratios(path):
     try:
         data = json.loads(path.read_text())
         data["summary"], data["ratios"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
         raise ValueError(f"{path} is not a file that benchmarks/ratios.py wrote "
                          f"({type(err).__name__}).") from None
     return data
@@ -408,6 +408,11 @@ def main(argv=None):
         pictures = write_pictures(load_runs(path)[1], load_runs(path)[0]) if plots else []
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (KeyError, TypeError, AttributeError, IndexError, RecursionError) as err:
+        print(f"error: {path} (or the ratios file beside it) holds something this suite did "
+              f"not write ({type(err).__name__}: {err}); give files that `pytest benchmarks "
+              "--benchmark-autosave` and benchmarks/ratios.py wrote.", file=sys.stderr)
         return 2
     print(f"from {path}\n\n{text}")
     for picture in pictures:

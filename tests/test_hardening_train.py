@@ -188,12 +188,16 @@ def test_an_interruption_before_the_first_checkpoint_does_not_suggest_resume(tmp
     assert "--resume" not in message and "run the same command again" in message
     (tmp_path / "checkpoint.pt").write_bytes(b"x")
     message = train.interrupted_message(argparse.Namespace(preset=None, out=tmp_path), tmp_path)
-    assert f"to continue, run:\n    python 04_train_mnist.py --resume --out {tmp_path}" in message
+    assert f"to continue, run:\n    python 04_train_mnist.py --resume --out={tmp_path}" in message
     spaced = argparse.Namespace(preset="notebook", out=tmp_path / "my run", resume=True)
     (tmp_path / "my run").mkdir()
     (tmp_path / "my run" / "checkpoint.pt").write_bytes(b"x")
     message = train.interrupted_message(spaced, tmp_path / "my run")
-    assert message.endswith(f"--resume --preset notebook --out '{tmp_path / 'my run'}'")
+    assert message.endswith(f"--resume --preset notebook --out='{tmp_path / 'my run'}'")
+    dashed = argparse.Namespace(preset=None, out="-dash", resume=True)  # --out=-dash, typed so
+    message = train.interrupted_message(dashed, tmp_path / "my run")
+    assert message.endswith("--resume --out=-dash")  # "--out -dash" would read as a flag
+    assert train.parse_args(train.build_parser(), ["--resume", "--out=-dash"]).out == "-dash"
 
 
 def test_a_new_run_interrupted_before_its_first_epoch_does_not_send_you_to_an_older_run(tmp_path):
@@ -347,6 +351,34 @@ def test_resume_names_a_folder_where_the_checkpoint_should_be(tmp_path, capsys):
     (tmp_path / "checkpoint.pt").mkdir()
     assert run("--resume", "--out", tmp_path, "--device", "cpu") == 2
     assert "checkpoint.pt is a folder, not a checkpoint" in capsys.readouterr().err
+
+
+def test_an_ablation_keeps_the_runs_of_other_plans_in_its_file(tmp_path, monkeypatch, capsys):
+    other = {"rung": 0, "seed": 7, "label": "another plan's", "config": {"seed": 7},
+             "val_accuracy": 0.9, "test_accuracy": 0.9, "train_seconds": 1.0}
+    (tmp_path / "ablation.json").write_text(json.dumps({"runs": [other]}))
+    monkeypatch.setattr(train, "load_mnist_limited", lambda device, limit: None)
+
+    def one_run_then_stop(config, data, generator, **kwargs):  # stands in for a whole run
+        if len(json.loads((tmp_path / "ablation.json").read_text())["runs"]) > 1:
+            raise KeyboardInterrupt
+        return None, None, [{"val_accuracy": 0.5, "seconds": 1.0}]
+    monkeypatch.setattr(train, "prepare_data", lambda config, device: ([None] * 6, None))
+    monkeypatch.setattr(train, "fit", one_run_then_stop)
+    monkeypatch.setattr(train, "evaluate", lambda params, X, y: (0.0, 0.5))
+    assert run("--ablation", "--seeds", "1", "--device", "cpu", "--no-progress",
+               "--out", tmp_path) == 130
+    runs = json.loads((tmp_path / "ablation.json").read_text())["runs"]
+    assert other in runs and len(runs) == 2  # the new run, and the other plan's, kept
+
+
+def test_unreadably_nested_json_is_treated_as_unreadable(tmp_path, capsys):
+    (tmp_path / "ablation.json").write_text("[" * 200_000)
+    assert train.read_ablation_runs(tmp_path / "ablation.json") == []
+    assert (tmp_path / "ablation.unreadable.json").exists()
+    (tmp_path / "metrics.json").write_text("[" * 200_000)
+    train.mark_stopped(tmp_path / "metrics.json", "interrupted")  # left alone, no crash
+    assert (tmp_path / "metrics.json").read_text() == "[" * 200_000
 
 
 def test_seeds_without_ablation_is_refused(capsys):

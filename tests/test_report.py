@@ -259,6 +259,8 @@ def test_ratios_refuses_a_folder_as_out_before_measuring(tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, words", [
     (["--repeats", "0"], "--repeats must be at least 1, got 0"),
+    (["--repeats", "abc"], "argument --repeats: invalid int value: 'abc'"),
+    (["--device"], "argument --device: expected one argument"),
     (["--device", "bogus"], "unknown device 'bogus'"),
 ])
 def test_peak_refuses_bad_flags_in_one_sentence(flags, words, capsys):
@@ -275,3 +277,21 @@ def test_bench_max_time_must_be_a_positive_number(text):
         contenders.seconds_from_env("BENCH_MAX_TIME", 2.0, {"BENCH_MAX_TIME": text})
     assert contenders.seconds_from_env("BENCH_MAX_TIME", 2.0, {"BENCH_MAX_TIME": "0.5"}) == 0.5
     assert contenders.seconds_from_env("BENCH_MAX_TIME", 2.0, {}) == 2.0
+    assert contenders.seconds_from_env("BENCH_MAX_TIME", 2.0, {"BENCH_MAX_TIME": ""}) == 2.0
+
+
+@pytest.mark.parametrize("entry", [
+    {"extra_info": {"op": "step", "device": "cpu", "impl": "manual", "batch": 32},
+     "stats": {"min": 1e-3}},  # no "threads", no "sizes": the tables need them
+    {"extra_info": {"op": "step", "device": "cpu", "impl": "manual", "batch": "64",
+                    "sizes": [784, 512, 128, 10]}, "stats": {"min": 1e-3}},
+])
+def test_report_refuses_entries_it_did_not_write_in_one_sentence(entry, tmp_path, capsys):
+    good = json.loads(write_run(tmp_path, [bench("step", "manual", 32, 0.8e-3)]).read_text())
+    good["benchmarks"].append(entry)
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps(good))
+    assert load_report().main([str(path), "--ratios", str(tmp_path / "none.json"),
+                               "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1

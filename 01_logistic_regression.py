@@ -335,9 +335,8 @@ def main(argv=None):
         why = (f"the {len(t_test):,} test digits hold no 9, so there is none to find (F1 0): "
                "give a larger --limit" if t_test.sum().item() == 0 else
                f"the detector does not beat always answering 'not 9' ({test['accuracy']:.2%} "
-               f"against {baseline:.2%}) or finds no 9 (F1 {test['f1']:.3f}): train longer or "
-               "on more digits (--epochs, --limit), or with the default --lr 0.5 and "
-               "--batch-size 64")
+               f"against {baseline:.2%}; F1 {test['f1']:.3f}): train longer or on more digits "
+               "(--epochs, --limit), or go back to the defaults --lr 0.5 and --batch-size 64")
         print(f"check failed: {why}.", file=sys.stderr)
     return 0 if ok else 1
 

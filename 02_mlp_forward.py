@@ -171,7 +171,8 @@ def describe(params, sizes):
         kind = "relu" if i < len(sizes) - 2 else "logits"
         rows.append((f"{i + 1} {kind}", "x".join(map(str, W.shape)), str(b.shape[0]),
                      f"{W.numel() + b.numel():,}"))
-    # Columns at least 8, 14, 9 and 10 wide, wider when a wide layer needs it.
+    # Columns at least 8, 14, 9 and 10 wide, wider when a wide or tenth layer needs it: +2 is
+    # the gap before each right-aligned column; the left column needs none.
     widths = [max(least, *(len(row[c]) + (0 if c == 0 else 2) for row in rows))
               for c, least in enumerate((8, 14, 9, 10))]
     return "\n".join(f"{row[0]:<{widths[0]}}" + "".join(f"{cell:>{w}}" for cell, w in
@@ -274,19 +275,23 @@ def main(argv=None):
         "does; the true class's logit, on average, does not).", width=90, initial_indent="   ",
         subsequent_indent="   "))
     print(f"   probability rows sum to 1: largest |sum - 1| = {row_error:.2e}")
-    ok = (math.isfinite(loss) and abs(loss - chance) < 1.0 and row_error < 1e-5
-          and 0.5 < he_ratio < 2.0)
+    loss_ok = math.isfinite(loss) and abs(loss - chance) < 1.0
+    rows_ok, he_ok = row_error < 1e-5, 0.5 < he_ratio < 2.0
+    ok = loss_ok and rows_ok and he_ok
     print(result_line(params=n_params, initial_loss=loss, ln_classes=chance,
                              row_sum_error=row_error, he_scale_ratio=he_ratio, ok=ok))
     if not ok:  # say which of the lesson's own checks failed
-        why = [f"the untrained loss {loss:.4f} is not within 1 of ln {n_classes} = "
-               f"{chance:.4f} (very narrow or very wide layers spread the random logits)"
-               if not (math.isfinite(loss) and abs(loss - chance) < 1.0) else "",
-               f"the probability rows miss 1 by up to {row_error:.1e}" if not row_error < 1e-5
-               else "",
-               f"He init changed the scale by {he_ratio:.2f}x over 10 layers" if not
-               0.5 < he_ratio < 2.0 else ""]
-        print(f"check failed: {'; '.join(w for w in why if w)}.", file=sys.stderr)
+        why = []
+        if not loss_ok:
+            why.append(f"the untrained loss {loss:.4f} is not within 1 of ln {n_classes} = "
+                       f"{chance:.4f} (a layer of one or a few units leaves the logits' spread "
+                       "to chance: widen it in --sizes, or try another --seed)")
+        if not rows_ok:
+            why.append(f"softmax's rows, which must sum to 1, miss it by up to {row_error:.1e}")
+        if not he_ok:
+            why.append(f"with He init H_10 / H_1 = {he_ratio:.2f}, outside 0.5 to 2: try another "
+                       "--seed or more --digits")
+        print(f"check failed: {'; '.join(why)}.", file=sys.stderr)
     return 0 if ok else 1
 
 

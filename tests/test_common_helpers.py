@@ -183,7 +183,7 @@ def test_run_main_turns_running_out_of_memory_into_one_line_and_status_1(capsys)
     assert common.run_main(main, []) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ran out of memory (125 MiB more")
-    assert "smaller batch or narrower layers (see --help)" in err
+    assert "smaller batch or narrower layers (--help names this script" in err
 
 
 def test_run_main_lets_other_runtime_errors_through():

@@ -419,7 +419,7 @@ def test_lock_folder_is_a_handle_and_a_context_manager(tmp_path):
     handle = common.lock_folder(tmp_path)
     assert handle.path == tmp_path / ".lock" and handle.pid == os.getpid()
     assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
-    with pytest.raises(ValueError, match="already in use by this same run"):
+    with pytest.raises(ValueError, match="already locked by this same run"):
         common.lock_folder(tmp_path, wait=True)  # refused: it would wait for itself, for ever
     handle.close()
     handle.close()  # twice is harmless
@@ -518,6 +518,13 @@ def test_a_closed_output_pipe_stops_a_lesson_with_one_sentence():
     assert done.stdout == "a line of output\n"
     assert done.stderr.startswith("error: the program reading this output stopped"), done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    # Without flush=True the lines wait in Python's buffer; the break shows when it is
+    # written out, which run_main does before it returns (not Python, at exit).
+    quiet = script.replace(", flush=True", "")
+    done = subprocess.run(f"{sys.executable} -c \"{quiet}\" | head -1", shell=True,
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.stderr.startswith("error: the program reading this output stopped"), done.stderr
+    assert "Exception ignored" not in done.stderr
 
 
 def test_check_writable_dir_refuses_a_file_and_a_path_under_a_file(tmp_path):

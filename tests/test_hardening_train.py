@@ -198,6 +198,9 @@ def test_an_interruption_before_the_first_checkpoint_does_not_suggest_resume(tmp
     message = train.interrupted_message(dashed, tmp_path / "my run")
     assert message.endswith("--resume --out=-dash")  # "--out -dash" would read as a flag
     assert train.parse_args(train.build_parser(), ["--resume", "--out=-dash"]).out == "-dash"
+    on_cpu = argparse.Namespace(preset=None, out=None, resume=True, device="cpu")
+    message = train.interrupted_message(on_cpu, tmp_path / "my run")
+    assert message.endswith("--resume --device cpu")  # auto might pick a GPU the run never used
 
 
 def test_a_new_run_interrupted_before_its_first_epoch_does_not_send_you_to_an_older_run(tmp_path):
@@ -290,7 +293,7 @@ def test_the_mnist_folder_as_out_is_refused_instead_of_waiting_for_itself(mnist,
     before = sorted(p.name for p in data_folder.iterdir())
     assert run(*TINY, "--out", data_folder) == 2
     err = capsys.readouterr().err
-    assert "already in use by this same run" in err and err.count("\n") == 1
+    assert "already locked by this same run" in err and err.count("\n") == 1
     assert sorted(p.name for p in data_folder.iterdir()) == before
 
 
@@ -360,16 +363,17 @@ def test_an_ablation_keeps_the_runs_of_other_plans_in_its_file(tmp_path, monkeyp
     monkeypatch.setattr(train, "load_mnist_limited", lambda device, limit: None)
 
     def one_run_then_stop(config, data, generator, **kwargs):  # stands in for a whole run
-        if len(json.loads((tmp_path / "ablation.json").read_text())["runs"]) > 1:
-            raise KeyboardInterrupt
+        if "other_runs" in json.loads((tmp_path / "ablation.json").read_text()):
+            raise KeyboardInterrupt  # the ablation has saved one run: stop it there
         return None, None, [{"val_accuracy": 0.5, "seconds": 1.0}]
     monkeypatch.setattr(train, "prepare_data", lambda config, device: ([None] * 6, None))
     monkeypatch.setattr(train, "fit", one_run_then_stop)
     monkeypatch.setattr(train, "evaluate", lambda params, X, y: (0.0, 0.5))
     assert run("--ablation", "--seeds", "1", "--device", "cpu", "--no-progress",
                "--out", tmp_path) == 130
-    runs = json.loads((tmp_path / "ablation.json").read_text())["runs"]
-    assert other in runs and len(runs) == 2  # the new run, and the other plan's, kept
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert len(saved["runs"]) == 1 and saved["other_runs"] == [other]  # kept, apart
+    assert other in train.read_ablation_runs(tmp_path / "ablation.json")
 
 
 def test_unreadably_nested_json_is_treated_as_unreadable(tmp_path, capsys):

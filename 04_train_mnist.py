@@ -1250,6 +1250,7 @@ def main(argv=None):
                           "interrupted" if isinstance(err, KeyboardInterrupt) else
                           "out of memory" if is_out_of_memory(err) else "failed")
                 mark_stopped(out / "metrics.json", status)  # never left saying "running"
+                clean_leftovers(out)  # a temporary file a signal cut off mid-write, say
                 raise
     except FloatingPointError as err:
         text = str(err)

@@ -12,10 +12,16 @@ difference between the wall time and the ops' total).
 """
 
 import argparse
+import os
 import sys
 import time
 
-import torch
+# The profiler's C++ side (kineto) logs its own start and stop, and on a CUDA build without a
+# GPU an "ERROR ... gpuGetDeviceCount failed", between the tables; level 6 silences it. It is
+# read when torch loads, so it is set before the import; set KINETO_LOG_LEVEL yourself to see it.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+
+import torch  # noqa: E402 (after the environment variable above)
 from contenders import build, common, device_label, make_problem, mode
 from torch.profiler import ProfilerActivity, profile
 

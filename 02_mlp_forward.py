@@ -134,7 +134,7 @@ def mlp_forward(params, x):
     """params (W1, b1, ..., Wn, bn), x (B, D) -> logits Z_n (B, C), cache.
 
     cache = (H_0, H_1, ..., H_{n-1}, Z_n): every layer's input, then the logits. That is all
-    the backward pass needs: dW_l needs H_{l-1}, delta_l = dL/dH_l * (H_l > 0) reads its
+    the backward pass needs: dW_l needs H_{l-1}, delta_l = dL/dH_l * [H_l > 0] reads its
     ReLU mask from H_l, and the loss gradient starts from the logits. x must be a batch:
     one sample is x[None] (1, D).
     Needs: linear_forward, relu

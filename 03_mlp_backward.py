@@ -88,15 +88,15 @@ def linear_backward(dz, h, W, need_dh=True):
     each gradient has the shape of what it differentiates (dW like W, dh like h).
     Needs: nothing
     """
-    # Z[b, o] = sum_i H[b, i] W[i, o] + b_l[o], so each weight collects over the batch:
-    dW = h.T @ dz  # (I, O) = (I, B) @ (B, O): dW[i, o] = sum_b H[b, i] dz[b, o]
+    # Z[b, k] = sum_i H[b, i] W[i, k] + b_l[k], so each weight collects over the batch:
+    dW = h.T @ dz  # (I, O) = (I, B) @ (B, O): dW[i, k] = sum_b H[b, i] dz[b, k]
     db = dz.sum(dim=0)  # (O,): b_l is added to every row, so its gradient sums over the rows
-    dh = dz @ W.T if need_dh else None  # (B, I) = (B, O) @ (O, I): sum_o dz[b, o] W[i, o]
+    dh = dz @ W.T if need_dh else None  # (B, I) = (B, O) @ (O, I): sum_k dz[b, k] W[i, k]
     return dh, dW, db
 
 
 def relu_backward(dh, h):
-    """H = relu(Z); dh (B, N) = dL/dH, h (B, N) = H -> dz (B, N) = dL/dZ: passes where h > 0.
+    """H = relu(Z); dh (B, U) = dL/dH, h (B, U) = H -> dz (B, U) = dL/dZ: passes where h > 0.
 
     Needs: nothing
     """
@@ -331,12 +331,18 @@ def shape_walkthrough(params, x, y):
 def interleaved_seconds(fns, device, repeats=50):
     """Time each of fns in turn, round after round -> one list of seconds per function.
 
+    fns: functions of no arguments; device: a torch.device or a name ("cpu", "cuda", "mps"),
+    where fns run (a GPU is waited for before and after each call, so its time is counted).
     Interleaving means a slow moment of a shared machine hits every contender alike.
     Needs: time, torch
     """
+    device = torch.device(device)
+
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        elif device.type == "mps":
+            torch.mps.synchronize()
     for fn in fns:  # warm up
         fn(), fn()
     times = [[] for _ in fns]
@@ -511,7 +517,8 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tolerance", type=float_in(1e-7, 1), default=1e-6,
                         help="largest relative error the check accepts (float64; at least "
-                        "1e-7, since the central differences themselves err by up to ~1e-8)")
+                        "1e-7, since the central differences themselves err by up to about "
+                        "1e-7 times the loss: docs/03_mlp_backward.md, 'Why central differences')")
     parser.add_argument("--repeats", type=int_in(1, 100_000), default=50,
                         help="timed calls per measurement")
     parser.add_argument("--bug", metavar="NAME",
@@ -581,29 +588,31 @@ def main(argv=None):
                                      lambda c=cache, y=yb: notebook_mlp_backward(params, c, y)],
                                     device, args.repeats)
             r_t, r_u = ratio_summary(t[1], t[0]), ratio_summary(u[1], u[0])
-            ratios[B] = r_u
+            ratios[B] = {"delta_n alone": r_t, "whole backward pass": r_u}
             print(f"   {B:>7}  {median(t[0]) * 1e6:>11.0f} us{median(t[1]) * 1e6:>7.0f} us"
                   f"{r_t[0]:>6.2f}x [{r_t[1]:.2f}-{r_t[2]:.2f}]"
                   f"  {median(u[0]) * 1e6:>12.0f} us{median(u[1]) * 1e6:>7.0f} us"
                   f"{r_u[0]:>6.2f}x [{r_u[1]:.2f}-{r_u[2]:.2f}]")
-        for B, (mid, low, high) in ratios.items():
-            if low > 1.0:
-                verdict = (f"slower in most rounds (median {mid:.2f}x): the Jacobian costs more "
-                           "than the matmuls hide")
-            elif high < 1.0:
-                verdict = f"faster in most rounds (median {mid:.2f}x)"
-            else:
-                verdict = ("within this machine's noise (the quartiles straddle 1.0): no "
-                           "difference shown")
-            print(f"   batch {B}: the notebook's whole backward pass is {verdict}.")
+        for B, by_part in ratios.items():
+            for part, (mid, low, high) in by_part.items():
+                if low > 1.0:
+                    verdict = f"slower in most rounds (median {mid:.2f}x)"
+                elif high < 1.0:
+                    verdict = f"faster in most rounds (median {mid:.2f}x)"
+                else:
+                    verdict = ("within this machine's noise (the quartiles straddle 1.0): no "
+                               "difference shown")
+                print(f"   batch {B}, {part}: the notebook's route is {verdict}.")
         print("   (a ratio is the median of the rounds' own ratios, so while the machine's speed "
-              "drifts it can differ\n   from the ratio of the two medians beside it)")
+              "drifts it can differ\n   from the ratio of the two medians beside it; the "
+              "whole pass hides delta_n's cost when its matmuls dominate)")
 
     ok = grad_ok and jac_ok
     print(f"\nverdict: {'every check passed' if ok else 'CHECK FAILED'}")
     print(result_line(max_rel_error=worst, jacobian_max_diff=jac_diff,
-                             jacobian_ratio_b32=ratios[32][0],
-                             jacobian_ratio_b512=ratios[512][0], ok=ok))
+                      delta_ratio_b32=ratios[32]["delta_n alone"][0],
+                      backward_ratio_b32=ratios[32]["whole backward pass"][0],
+                      backward_ratio_b512=ratios[512]["whole backward pass"][0], ok=ok))
     return 0 if ok else 1
 
 

@@ -8,7 +8,7 @@ ablation table).
 
     python 04_train_mnist.py                     # the default recipe, ~99.2 % test
     python 04_train_mnist.py --preset notebook   # the notebook's recipe: plain SGD, ~96.5 %
-    python 04_train_mnist.py --preset best       # the default for 100 epochs, ~4.5 minutes
+    python 04_train_mnist.py --preset best       # the default for 100 epochs, about 5 minutes
     python 04_train_mnist.py --ablation          # README's ablation table, from scratch
     python 04_train_mnist.py --resume            # continue runs/default/ after an interruption
     python 04_train_mnist.py --eval runs/default/checkpoint.pt
@@ -124,7 +124,8 @@ def train_epoch(params, velocity, X, y, config, generator, first_step, total_ste
     Each batch: augment it (a fresh random distortion every time it is seen), take the
     learning rate of this step, take one step. Each step's loss stays on the device; every
     check_every steps they are read back at once (one wait for the device, not one per step)
-    and a NaN or infinity stops the run with FloatingPointError.
+    and a NaN or infinity stops the run with FloatingPointError. config keys read: batch_size,
+    momentum, weight_decay, smoothing, lr, and those of learning_rate and augment_batch.
     Needs: torch, tqdm, minibatches (common), augment_batch, learning_rate, train_step,
         check_finite_losses
     """
@@ -157,9 +158,11 @@ def fit(config, data, generator, state=None, on_epoch=None, progress=False, log=
     device; X_val may be empty (no validation). After each epoch: check that every parameter,
     and the loss on 1,000 training digits, is finite (a divergence on an epoch's last update
     shows only here), score the validation digits, log one line, call on_epoch (which saves
-    the checkpoint). config["step"] picks
-    the step through STEPS (below the engineering line): "inplace" is train_step_ (every
-    preset's), "pure" train_step, "fused" fused_train_step_.
+    the checkpoint). config["step"] picks the step through STEPS (below the engineering
+    line): "inplace" is train_step_ (every preset's), "pure" train_step, "fused"
+    fused_train_step_. config keys read: hidden, epochs, step, and train_epoch's. state (to
+    resume) is a dict with params, velocity, generator_state (generator.get_state()) and
+    history (the list this returns).
     Needs: init_params (02), N_INPUT, N_CLASSES, init_velocity, time, train_epoch, STEPS,
         check_finite_after_epoch, evaluate, train_step_, train_step, fused_train_step_
     """
@@ -288,6 +291,7 @@ def smoothed_cross_entropy_backward(logits, y, smoothing=0.0):
 def learning_rate(config, step, total_steps):
     """The lr at this step: constant (the notebook) or lesson 01's linear decay to 0.
 
+    config keys read: schedule ("constant" or "linear"), lr.
     Needs: linear_decay (01)
     """
     if config["schedule"] == "constant":
@@ -306,7 +310,8 @@ def augment_batch(xb, config, generator):
 
     Shifts alone (--shift N) move each digit by whole pixels, one gather. With any rotation,
     scaling or elastic distortion, everything goes through augment's single bilinear
-    resample, and the shift becomes a continuous one of up to N pixels.
+    resample, and the shift becomes a continuous one of up to N pixels. config keys read:
+    rotate (degrees), scale, shift (pixels), elastic (alpha, pixels), elastic_sigma.
     Needs: augment, random_shift
     """
     if config["rotate"] or config["scale"] or config["elastic"]:
@@ -338,14 +343,17 @@ def affine_theta(angle, s, t, side):
 
     angle (B,) radians, s (B,) enlargement factors, t (B, 2) shifts in pixels (x right, y down).
     The image is rotated by angle (clockwise on screen, as y points down), enlarged by s about
-    its centre, then moved by t. theta maps an OUTPUT position to the INPUT position it reads
-    (grid_sample's convention), so it is the inverse of that transform:
-        out(p) = in(R^-1 (p - t) / s)   ->   theta = [R^T / s | -R^T t / s].
+    its centre, then moved by t: a point p_in lands at p_out = s R p_in + t, with
+    R = [[cos, -sin], [sin, cos]]. theta maps an OUTPUT position to the INPUT position it reads
+    (grid_sample's convention), so it is the inverse, in grid_sample's normalised units
+    (2 / side per pixel, so t' = t * 2 / side):
+        p_in = R^T (p_out - t) / s   ->   theta = [R^T / s | -R^T t' / s]
+    (docs/04_train_mnist.md, section 5, derives it step by step).
     Needs: torch
     """
     cos, sin = torch.cos(angle) / s, torch.sin(angle) / s  # (B,) each
-    A = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], 1)  # (B, 2, 2)
-    offset = -(A @ (t * (2 / side)).unsqueeze(2))  # (B, 2, 1), shift in normalised units
+    A = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], 1)  # R^T / s
+    offset = -(A @ (t * (2 / side)).unsqueeze(2))  # (B, 2, 1): -R^T t' / s, normalised units
     return torch.cat([A, offset], 2)  # (B, 2, 3)
 
 
@@ -371,8 +379,12 @@ def elastic_displacement(batch, generator, alpha, sigma, side, device="cpu"):
     Gaussian of width sigma pixels (separably: G @ noise @ G.T, columns then rows), times
     alpha pixels. The kernel sums to 1 and |noise| <= 1, so no pixel ever moves more than
     alpha pixels per axis; the smoothing averages the noise, so the typical move is far
-    smaller: its standard deviation is about alpha * 0.58 / (3.5 * sigma) pixels (0.8 px for
-    alpha 20, sigma 4). The noise is drawn on the CPU, then smoothed on the device.
+    smaller. Away from the border, one pixel's move is alpha * sum_a sum_b G[i, a] G[j, b]
+    noise[a, b]; the noise is independent with variance 1/3, so its variance is
+    alpha^2 / 3 * (sum_k g_k^2)^2, and a Gaussian kernel g of width sigma has
+    sum_k g_k^2 ~ 1 / (2 sqrt(pi) sigma) = 1 / (3.5 sigma). Its standard deviation is therefore
+    about alpha * 0.58 / (3.5 * sigma) pixels (0.8 px for alpha 20, sigma 4; docs/04, section
+    5). The noise is drawn on the CPU, then smoothed on the device.
     Needs: torch, gaussian_matrix
     """
     noise = torch.rand(batch, 2, side, side, generator=generator) * 2 - 1  # (B, 2, side, side)
@@ -441,8 +453,10 @@ def sampling_grid(theta, side):
     Needs: torch
     """
     c = (torch.arange(side, dtype=theta.dtype, device=theta.device) * 2 + 1) / side - 1  # (side,)
-    by_row = (theta[:, :, 1:2] * c + theta[:, :, 2:3]).transpose(1, 2)  # (B, side, 2): A01 c_i + t
-    by_col = (theta[:, :, 0:1] * c).transpose(1, 2)  # (B, side, 2): A00 c_j
+    # Both rows r of theta at once: by_row[b, i, r] = theta[b, r, 1] c_i + theta[b, r, 2] and
+    # by_col[b, j, r] = theta[b, r, 0] c_j, so grid[b, i, j, r] is their sum.
+    by_row = (theta[:, :, 1:2] * c + theta[:, :, 2:3]).transpose(1, 2)  # (B, side, 2)
+    by_col = (theta[:, :, 0:1] * c).transpose(1, 2)  # (B, side, 2)
     return by_row[:, :, None, :] + by_col[:, None, :, :]  # (B, side, side, 2)
 
 
@@ -605,7 +619,7 @@ PRESETS = {
     "default": {"hidden": [512, 128], "epochs": 30, "batch_size": 128, "lr": 0.1,
                 "momentum": 0.9, "weight_decay": 1e-4, "schedule": "linear", "val_size": 5000,
                 **NO_AUGMENTATION, "shift": 2, "rotate": 10.0, "scale": 0.1, "smoothing": 0.1},
-    # The default, longer (100 epochs): about 4.5 minutes on 2 CPU cores.
+    # The default, longer (100 epochs): about 5 minutes on 2 CPU cores.
     "best": {"hidden": [512, 128], "epochs": 100, "batch_size": 128, "lr": 0.1,
              "momentum": 0.9, "weight_decay": 1e-4, "schedule": "linear", "val_size": 5000,
              **NO_AUGMENTATION, "shift": 2, "rotate": 10.0, "scale": 0.1, "smoothing": 0.1},

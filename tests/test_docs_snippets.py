@@ -56,7 +56,8 @@ def test_the_parser_reads_a_quoted_block_and_its_expected_lines():
 
 def test_every_docs_page_with_a_worked_example_has_a_checked_snippet():
     ids = [p.id for p in all_snippets()]
-    for page in ("01_logistic_regression.md", "02_mlp_forward.md", "03_mlp_backward.md"):
+    for page in ("01_logistic_regression.md", "02_mlp_forward.md", "03_mlp_backward.md",
+                 "04_train_mnist.md"):
         assert any(i.startswith(page) for i in ids), page
 
 

@@ -54,6 +54,11 @@ def test_03_checks_gradients_and_times_the_jacobian_route(capsys):
     assert float(result["jacobian_max_diff"]) < 1e-12
     assert "W4" in out and "verdict: every check passed" in out
     assert "delta_1           100x512" in out  # the shape walkthrough
+    for key in ("delta_ratio_b32", "backward_ratio_b32", "backward_ratio_b512"):
+        assert float(result[key]) > 0, key
+    for part in ("batch 32, delta_n alone", "batch 32, whole backward pass",
+                 "batch 512, delta_n alone", "batch 512, whole backward pass"):
+        assert f"{part}: the notebook's route is " in out, part  # a verdict for each ratio
 
 
 @pytest.mark.parametrize("lesson, args, words", [

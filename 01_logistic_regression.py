@@ -25,25 +25,32 @@ the test set. The report therefore gives precision, recall and F1 for the 9s bes
 It also draws the trained weight vector as a 28x28 picture (weights.png): the "9 detector".
 """
 
+import os
 import signal
 import sys
 
 # Engineering, not the lesson (the lesson starts below the imports). It comes before
-# "import torch", which takes seconds, so that Ctrl-C or SIGTERM while torch loads
+# "import torch", which takes seconds, so that Ctrl-C, SIGTERM or SIGHUP while torch loads
 # prints one line instead of a traceback.
 if __name__ == "__main__":
     _signals = []  # the signals received, then "done" once the lesson has finished
+    _starting = [True]  # until the imports are done
 
     def _interrupted(signum, frame):
         if "done" in _signals:  # Python is shutting down: nothing is left to stop
             return
         if not _signals:  # one message, however often the key is pressed
-            print("\ninterrupted.", file=sys.stderr)
+            print("\ninterrupted.", file=sys.stderr, flush=True)
         _signals.append(signum)
+        if _starting[0]:  # an import can swallow the exit below and go on: leave at once
+            os._exit(130)  # (nothing has been written yet)
         sys.exit(130)
 
     signal.signal(signal.SIGINT, _interrupted)
     signal.signal(signal.SIGTERM, _interrupted)
+    # SIGHUP: the terminal closed. Not on Windows, and left alone under nohup, which ignores it.
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _interrupted)
 
 import argparse  # noqa: E402 (after the early signal handlers, on purpose)
 import math  # noqa: E402
@@ -342,6 +349,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    _starting[0] = False
     try:
         status = run_main(main)
     finally:

@@ -19,11 +19,12 @@ bad input or a diverged run into one sentence, presets, argument checks, files, 
 pictures, which a learner may skip. Derivations: docs/04_train_mnist.md.
 """
 
+import os
 import signal
 import sys
 
 # Engineering, not the lesson (the lesson starts below the imports). It comes before
-# "import torch", which takes seconds, so that Ctrl-C or SIGTERM while torch loads
+# "import torch", which takes seconds, so that Ctrl-C, SIGTERM or SIGHUP while torch loads
 # prints one line instead of a traceback.
 if __name__ == "__main__":
     _phase = ["starting"]  # then "running" (main's own handlers take over), then "done"
@@ -33,18 +34,21 @@ if __name__ == "__main__":
             raise KeyboardInterrupt(signal.Signals(signum).name)
         if _phase[0] == "starting":
             _phase[0] = "done"  # one message, however often the key is pressed
-            print("\ninterrupted while starting; nothing was written.", file=sys.stderr)
-            sys.exit(130)
+            print("\ninterrupted while starting; nothing was written.", file=sys.stderr,
+                  flush=True)
+            os._exit(130)  # not sys.exit: an import in progress can swallow it and go on
         # "done": the run has said how it ended; a signal while Python shuts down changes nothing
 
     signal.signal(signal.SIGTERM, _interrupted_while_starting)
     signal.signal(signal.SIGINT, _interrupted_while_starting)
+    # SIGHUP: the terminal closed. Not on Windows, and left alone under nohup, which ignores it.
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _interrupted_while_starting)
 
 import argparse  # noqa: E402 (after the early signal handlers, on purpose)
 import importlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import os  # noqa: E402
 import shlex  # noqa: E402
 import textwrap  # noqa: E402
 import time  # noqa: E402
@@ -1224,7 +1228,7 @@ def main(argv=None):
 
     Needs: time, parse_args (common), build_parser, run_eval, run_ablation, prepare,
         install_interrupt_handlers (common), lock_folder (common), clean_leftovers (common),
-        file_identity, load_checkpoint, torch, train, show_progress (common), sys,
+        RUN_FILES, file_identity, load_checkpoint, torch, train, show_progress (common), sys,
         interrupted_message, restore_interrupt_handlers (common), is_out_of_memory (common),
         mark_stopped
     """
@@ -1242,7 +1246,7 @@ def main(argv=None):
     signals = install_interrupt_handlers()
     try:
         with lock_folder(out):
-            clean_leftovers(out)
+            clean_leftovers(out, RUN_FILES)
             if earlier is not None and not args.resume:
                 print(f"note: {out} holds an earlier run; this one replaces its checkpoint and "
                       "metrics when its first epoch ends, and its pictures when it finishes "
@@ -1264,7 +1268,7 @@ def main(argv=None):
                           "interrupted" if isinstance(err, KeyboardInterrupt) else
                           "out of memory" if is_out_of_memory(err) else "failed")
                 mark_stopped(out / "metrics.json", status)  # never left saying "running"
-                clean_leftovers(out)  # a temporary file a signal cut off mid-write, say
+                clean_leftovers(out, RUN_FILES)  # a temporary file a signal cut off mid-write, say
                 raise
     except FloatingPointError as err:
         text = str(err)
@@ -1441,7 +1445,7 @@ def run_ablation(args):
     signals = install_interrupt_handlers()
     try:
         with lock_folder(out):
-            clean_leftovers(out)
+            clean_leftovers(out, ("ablation.json",))
             done = read_ablation_runs(path)
             # Runs of other plans (other seeds, --limit, --step) stay in the file, apart.
             others = [r for r in done if not any(r["rung"] == i and r["config"] == config

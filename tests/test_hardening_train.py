@@ -181,6 +181,42 @@ def test_ctrl_c_pressed_again_and_again_while_starting_gives_one_line(lesson):
     assert err.count("interrupted") == 1 and "Traceback" not in err, err
 
 
+# Runs a lesson as "python <lesson> ..." would, but the first "import torch" sends this
+# process SIGTERM and then swallows whatever the handler raises, as C code inside an import
+# (numpy's, say) can: the lesson must stop there all the same, having written nothing.
+SWALLOWING_IMPORT = """
+import os, runpy, signal, sys, time
+class Swallow:
+    fired = False
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not Swallow.fired:
+            Swallow.fired = True
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+            except BaseException:
+                pass
+        return None
+sys.meta_path.insert(0, Swallow())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@posix_only
+@pytest.mark.parametrize("lesson", ["01_logistic_regression.py", "02_mlp_forward.py",
+                                    "03_mlp_backward.py", "04_train_mnist.py"])
+def test_a_signal_while_torch_loads_stops_the_lesson_even_if_the_import_swallows_it(
+        lesson, tmp_path):
+    out = tmp_path / "run"
+    extra = ["--out", str(out)] if lesson.startswith(("01", "04")) else []
+    proc = subprocess.run([sys.executable, "-c", SWALLOWING_IMPORT, lesson, "--device", "cpu",
+                           *extra], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.count("interrupted") == 1 and "Traceback" not in proc.stderr
+    assert proc.stdout == "" and not out.exists()  # it stopped before doing anything
+
+
 def test_an_interruption_before_the_first_checkpoint_does_not_suggest_resume(tmp_path):
     import argparse
 

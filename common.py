@@ -102,11 +102,15 @@ def atomic_write(path, write):
     new one, never half of it. The temporary file is named .<name>.XXXXXXXX.tmp; a SIGKILL
     can leave it behind, and clean_leftovers removes it. Returns path. A failed write (a
     full disk, say) raises OSError naming path, also where write reports it otherwise
-    (torch.save raises a RuntimeError with the OSError behind it).
+    (torch.save raises a RuntimeError with the OSError behind it); a path that exists and is
+    not a plain file (a folder, a device such as /dev/null) raises ValueError.
 
     Needs: os, tempfile, pathlib, os_error_behind
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # never replace a folder, a device, a FIFO, ...
+        raise ValueError(f"{path} exists and is not a plain file, so nothing is written over "
+                         "it; remove it or write somewhere else.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = None
     try:
@@ -1177,14 +1181,18 @@ def check_writable_dir(path, flag="--out"):
     """Make sure path is a folder this process can write to -> Path (created if missing).
 
     Creates it (with parents), writes and removes a probe file in it. Refuses '' and None,
-    a file, a path under a file, a read-only folder, /proc and the like with one ValueError
-    sentence naming flag and the folder.
+    a file, a path under a file, a read-only folder, /proc and the like, and the MNIST data
+    folder or any folder in it, with one ValueError sentence naming flag and the folder.
 
-    Needs: os, tempfile, pathlib
+    Needs: os, tempfile, pathlib, mnist_raw_dir
     """
     if path is None or str(path).strip() == "":
         raise ValueError(f"{flag} is empty; give the folder to write the run into.")
     folder = Path(path).expanduser()
+    data = mnist_raw_dir().parent.resolve()
+    if folder.resolve() == data or data in folder.resolve().parents:
+        raise ValueError(f"{flag} {folder} is in the MNIST data folder {data}, which holds "
+                         "only the data; give another folder.")
     try:
         if folder.is_symlink() and not folder.exists():
             raise ValueError(f"{flag} {folder} is a link to nothing ({os.readlink(folder)}); "

@@ -192,7 +192,10 @@ def main(argv=None):
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give the JSON file's path, e.g. "
                          f"{out / 'ratios.json'}.")
-    common.check_writable_dir(out.parent)  # found now, not after minutes of measuring
+    if out.exists() and not out.is_file():
+        raise ValueError(f"--out {out} exists and is not a plain file (a device, say), so it "
+                         "is not written over; give a JSON file's path.")
+    common.check_writable_dir(out.parent, "the folder of --out")  # now, not after minutes
     torch_runs, jax_runs = [], []
     for r in range(args.processes):
         print(f"round {r + 1}/{args.processes}: torch process ...", flush=True)

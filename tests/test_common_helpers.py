@@ -3,6 +3,7 @@
 import argparse
 import errno
 import io
+import os
 import sys
 
 import pytest
@@ -215,6 +216,19 @@ def test_a_full_disk_under_torch_save_is_one_sentence_naming_the_file(tmp_path, 
     assert "free some space or write somewhere else" in err
     assert (tmp_path / "checkpoint.pt").read_bytes() == b"the earlier one"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left
+
+
+def test_atomic_write_never_replaces_what_is_not_a_plain_file(tmp_path):
+    (tmp_path / "folder").mkdir()
+    targets = [tmp_path / "folder"]
+    if hasattr(os, "mkfifo"):  # a FIFO stands in for a device such as /dev/null
+        os.mkfifo(tmp_path / "fifo")
+        targets.append(tmp_path / "fifo")
+    for target in targets:
+        with pytest.raises(ValueError, match="exists and is not a plain file"):
+            common.atomic_write(target, lambda f: f.write(b"x"))
+    assert (tmp_path / "folder").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(t.name for t in targets)
 
 
 def test_run_main_with_stdout_closed_does_not_fail_at_the_end(monkeypatch):

@@ -324,13 +324,15 @@ def test_a_resumed_run_that_diverges_does_not_suggest_a_flag_resume_refuses(mnis
 
 
 @pytest.mark.mnist
-def test_the_mnist_folder_as_out_is_refused_instead_of_waiting_for_itself(mnist, capsys):
+@pytest.mark.parametrize("inside", ["", "raw", "raw/run"])
+def test_the_mnist_folder_or_one_in_it_as_out_is_refused(mnist, capsys, inside):
     data_folder = common.mnist_raw_dir().parent  # its .lock guards the data while it loads
-    before = sorted(p.name for p in data_folder.iterdir())
-    assert run(*TINY, "--out", data_folder) == 2
+    before = sorted(str(p.relative_to(data_folder)) for p in data_folder.rglob("*"))
+    assert run(*TINY, "--out", data_folder / inside) == 2
     err = capsys.readouterr().err
-    assert "already locked by this same run" in err and err.count("\n") == 1
-    assert sorted(p.name for p in data_folder.iterdir()) == before
+    assert f"is in the MNIST data folder {data_folder.resolve()}" in err
+    assert err.count("\n") == 1
+    assert sorted(str(p.relative_to(data_folder)) for p in data_folder.rglob("*")) == before
 
 
 @pytest.mark.mnist

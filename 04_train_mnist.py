@@ -1054,7 +1054,12 @@ def train(config, device, out, state, progress, started, signals):
     """
     data, generator = prepare_data(config, device)
     X_train, y_train, X_val, y_val, X_test, y_test = data
-    if state is not None:
+    if state is not None and len(state["history"]) >= config["epochs"]:
+        # Nothing left to train: scored and drawn again, and its finished record stays as
+        # it is until the new one is complete (an interruption changes nothing).
+        print(f"resuming {out}: all {config['epochs']} epochs are done, so it is only scored "
+              "and drawn again")
+    elif state is not None:
         print(f"resuming {out} after epoch {len(state['history'])}")
         save_json(out / "metrics.json", metrics_record(
             config, device, state["history"], "running", started))  # never behind the checkpoint
@@ -1189,12 +1194,15 @@ def interrupted_message(args, out, earlier=None):
     earlier is file_identity(out / "checkpoint.pt") from before this run began: a checkpoint
     still the same is another run's (or, resuming, the one this run started from), and a new
     run that saved nothing must not send the learner to --resume someone else's epochs.
-    Needs: file_identity, os, shlex
+    Needs: file_identity, os, shlex, run_status
     """
     checkpoint = out / "checkpoint.pt"
     if not checkpoint.is_file():
         return ("\ninterrupted before the first checkpoint was saved, so nothing was saved; "
                 "run the same command again to start over.")
+    if getattr(args, "resume", False) and run_status(out / "metrics.json") == "finished":
+        return (f"\ninterrupted: {out} holds a run that had finished all its epochs; its "
+                "checkpoint and metrics.json are as they were.")
     if earlier is not None and not args.resume and file_identity(checkpoint) == earlier:
         return (f"\ninterrupted before this run saved its first checkpoint: {checkpoint} is "
                 "still the earlier run's, unchanged; run the same command again to start over.")
@@ -1208,6 +1216,18 @@ def interrupted_message(args, out, earlier=None):
                + ("" if args.out is None else " --out=" + shlex.quote(str(args.out))))
     return (f"\ninterrupted: {checkpoint} holds the last finished epoch; to continue, run:\n"
             f"    {command}")
+
+
+def run_status(path):
+    """metrics.json's "status" ("running", "finished", ...) -> str, or None if unreadable.
+
+    Needs: json
+    """
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
+        return None
+    return record.get("status") if isinstance(record, dict) else None
 
 
 def file_identity(path):

@@ -324,6 +324,26 @@ def test_a_resumed_run_that_diverges_does_not_suggest_a_flag_resume_refuses(mnis
 
 
 @pytest.mark.mnist
+def test_resuming_a_finished_run_and_interrupting_it_keeps_its_results(mnist, tmp_path, capsys,
+                                                                       monkeypatch):
+    out = tmp_path / "run"
+    assert run(*TINY, "--out", out) == 0
+    before = (out / "metrics.json").read_bytes()
+    capsys.readouterr()
+
+    def stopped_while_drawing(*args, **kwargs):
+        raise KeyboardInterrupt("SIGTERM")
+    monkeypatch.setattr(train, "plot_curves", stopped_while_drawing)
+    assert run("--resume", "--out", out, "--device", "cpu", "--no-progress") == 130
+    captured = capsys.readouterr()
+    assert "all 1 epochs are done, so it is only scored and drawn again" in captured.out
+    assert "holds a run that had finished all its epochs" in captured.err
+    assert "--resume" not in captured.err
+    assert (out / "metrics.json").read_bytes() == before  # status and accuracies kept
+    assert strict_json(out / "metrics.json")["status"] == "finished"
+
+
+@pytest.mark.mnist
 @pytest.mark.parametrize("inside", ["", "raw", "raw/run"])
 def test_the_mnist_folder_or_one_in_it_as_out_is_refused(mnist, capsys, inside):
     data_folder = common.mnist_raw_dir().parent  # its .lock guards the data while it loads

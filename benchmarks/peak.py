@@ -250,8 +250,9 @@ def main(argv=None):
     except argparse.ArgumentError as err:
         print(f"error: {err}; see --help.", file=sys.stderr)
         return 2
-    if args.repeats < 1:
-        print(f"error: --repeats must be at least 1, got {args.repeats}.", file=sys.stderr)
+    if not 1 <= args.repeats <= 100_000:
+        print(f"error: argument --repeats: must be a whole number in [1, 100000], got "
+              f"{args.repeats}.", file=sys.stderr)
         return 2
     if not args.backend:
         try:
@@ -287,4 +288,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if "--backend" in sys.argv[1:]:  # a process measuring one backend: no torch imported here
+        sys.exit(main())
+    # The whole measurement: Ctrl-C, SIGTERM or a closed pipe end in one line, and a
+    # measuring process still running is stopped with it (subprocess.run kills it).
+    lessons_common().install_interrupt_handlers()
+    sys.exit(lessons_common().run_main(main))

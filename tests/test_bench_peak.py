@@ -71,6 +71,14 @@ def test_a_hidden_jax_is_reported_as_skipped_without_starting_a_process(peak, mo
                           "skipped": "BENCH_NO_JAX is set: JAX treated as not installed"}
 
 
+@pytest.mark.parametrize("repeats", ["0", "100001", "99999999999999999999999"])
+def test_peak_refuses_a_repeat_count_out_of_range_in_one_line(peak, repeats, capsys):
+    assert peak.main(["--repeats", repeats]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: argument --repeats: must be a whole number in [1, 100000], got "
+                   f"{repeats}.\n")
+
+
 def test_ratio_bookkeeping(ratios):
     assert ratios.steps_per_block(1e-3, 0.02) == 20
     assert ratios.steps_per_block(1.0, 0.02) == 1

@@ -52,6 +52,7 @@ import math  # noqa: E402
 import shlex  # noqa: E402
 import textwrap  # noqa: E402
 import time  # noqa: E402
+import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -787,8 +788,8 @@ def check_saved_config(config):
             except (argparse.ArgumentTypeError, ValueError) as err:
                 raise ValueError(f"its config's {key} = {str(value)[:40]} does not hold: "
                                  f"{err}") from None
-    if config["preset"] not in PRESETS:
-        raise ValueError(f"its config's preset {config['preset']!r} is unknown")
+    if not isinstance(config["preset"], str) or config["preset"] not in PRESETS:
+        raise ValueError(f"its config's preset {str(config['preset'])[:40]!r} is unknown")
     check_config(config)
 
 
@@ -836,14 +837,16 @@ def save_checkpoint(path, params, velocity, config, epoch, generator, history):
 def load_checkpoint(path):
     """torch.load(weights_only=True) + checks of every field -> state; ValueError if not ours.
 
-    Needs: pathlib, torch, CHECKPOINT_FORMAT, check_saved_config, N_INPUT, N_CLASSES,
-        HISTORY_KEYS
+    Needs: pathlib, torch, warnings, CHECKPOINT_FORMAT, check_saved_config, N_INPUT,
+        N_CLASSES, HISTORY_KEYS, all_finite, finite_number
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no checkpoint at {path}; train first or give the path of checkpoint.pt.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on a crafted file: our sentence says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(f"{path} is not a checkpoint this script can read "
                          f"({type(err).__name__}); give the path of a checkpoint.pt it "
@@ -866,16 +869,19 @@ def load_checkpoint(path):
         tensors = state[name]
         if (not isinstance(tensors, (list, tuple)) or len(tensors) != len(shapes)
                 or any(not isinstance(t, torch.Tensor) or tuple(t.shape) != s
-                       or t.dtype != torch.float32 for t, s in zip(tensors, shapes))):
-            raise ValueError(damaged.format(f"its {name} are not float32 tensors of the "
-                                            "shapes its config gives"))
+                       or t.dtype != torch.float32 or t.layout != torch.strided
+                       for t, s in zip(tensors, shapes))):
+            raise ValueError(damaged.format(f"its {name} are not dense float32 tensors of "
+                                            "the shapes its config gives"))
+        if not all_finite(tensors):  # never saved by a run: each checkpoint is checked first
+            raise ValueError(damaged.format(f"its {name} hold NaN or infinite values"))
     epoch, history, gen = state["epoch"], state["history"], state["generator_state"]
-    number = (int, float, type(None))
     if (not isinstance(epoch, int) or not 1 <= epoch <= config["epochs"]
             or not isinstance(history, list) or len(history) != epoch
             or any(not isinstance(h, dict) or h.get("epoch") != i
-                   or not all(isinstance(h.get(k, ""), number) for k in HISTORY_KEYS)
-                   or not isinstance(h["seconds"], (int, float))
+                   or not all(k in h and (h[k] is None or finite_number(h[k]))
+                              for k in HISTORY_KEYS)
+                   or not finite_number(h["seconds"])
                    for i, h in enumerate(history, 1))
             or not isinstance(gen, torch.Tensor) or gen.dtype != torch.uint8):
         raise ValueError(damaged.format("its epoch, history or generator state do not agree"))
@@ -884,6 +890,19 @@ def load_checkpoint(path):
     except RuntimeError:
         raise ValueError(damaged.format("its generator state is not one")) from None
     return state
+
+
+def finite_number(value):
+    """Whether value is an int or float (not a bool) that is a finite float -> bool.
+
+    Needs: math
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def metrics_record(config, device, history, status, started, final=None):

@@ -119,7 +119,7 @@ def crafted(tmp_path, edit):
 @pytest.mark.parametrize("edit, words", [
     (lambda s: s.pop("velocity"), "it lacks velocity"),
     (lambda s: s.pop("config"), "it lacks config"),
-    (lambda s: s.update(params=[p.double() for p in s["params"]]), "not float32 tensors"),
+    (lambda s: s.update(params=[p.double() for p in s["params"]]), "not dense float32 tensors"),
     (lambda s: s["config"].pop("hidden"), "its config lacks hidden"),
     (lambda s: s["config"].pop("momentum"), "its config lacks momentum"),
     (lambda s: s.update(epoch=5), "do not agree"),
@@ -137,6 +137,12 @@ def crafted(tmp_path, edit):
     (lambda s: s.update(history=[0]), "do not agree"),
     (lambda s: s.update(history=[{}]), "do not agree"),
     (lambda s: s["history"][0].update(seconds="1"), "do not agree"),
+    (lambda s: s["history"][0].update(seconds=10**400), "do not agree"),
+    (lambda s: s["history"][0].update(loss=float("nan")), "do not agree"),
+    (lambda s: s["config"].update(preset=["default"]), "its config's preset \"['default']\""),
+    (lambda s: s["params"].__setitem__(0, s["params"][0].to_sparse()), "not dense float32"),
+    (lambda s: s["params"][0].__setitem__((0, 0), float("nan")), "its params hold NaN"),
+    (lambda s: s["velocity"][1].__setitem__(0, float("inf")), "its velocity hold NaN"),
 ])
 @pytest.mark.parametrize("mode", ["--eval", "--resume"])
 def test_crafted_checkpoints_are_refused_in_one_sentence(edit, words, mode, tmp_path, capsys):

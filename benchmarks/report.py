@@ -19,6 +19,8 @@ first hidden layer widens.
 """
 
 import json
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -66,9 +68,14 @@ def load_runs(path):
             if "op" not in info or not bench.get("stats"):
                 continue
             width = (info.get("sizes") or [0, DEFAULT_WIDTH])[1]
+            seconds = float(bench["stats"]["min"])
+            if not DEVICE_NAME.match(str(info["device"])):  # it names the pictures' files
+                raise ValueError(f"device {str(info['device'])[:40]!r} is not a device name")
+            if not (positive_int(info["batch"]) and positive_int(width)
+                    and math.isfinite(seconds) and seconds > 0):
+                raise ValueError("a batch, width or time that is not a positive number")
             runs[(info["device"], info["op"], info["impl"], info["batch"], width)] = dict(
-                info, seconds=float(bench["stats"]["min"]),
-                median_s=bench["stats"].get("median"))
+                info, seconds=seconds, median_s=bench["stats"].get("median"))
     except (AttributeError, KeyError, TypeError, IndexError, ValueError) as err:
         raise ValueError(f"{path} holds a benchmark entry this suite did not write "
                          f"({type(err).__name__}: {err}); give a file that "
@@ -77,6 +84,14 @@ def load_runs(path):
         raise ValueError(f"{path} holds no timed MLP benchmarks (were they run with "
                          "--benchmark-disable?); run them with --benchmark-autosave.")
     return data.get("machine_info", {}), runs
+
+
+DEVICE_NAME = re.compile(r"^(cpu|cuda|mps)(:[0-9]+)?$")  # what the suite records
+
+
+def positive_int(value):
+    """Whether value is an int (not a bool) above 0."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def fmt_time(seconds):
@@ -338,11 +353,19 @@ def plot_lines(path, series, title, xlabel, ylabel, limit=None, limit_label=None
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        if path.exists() and not path.is_file():
+            raise ValueError(f"{path} exists and is not a plain file, so no picture is written "
+                             "over it; remove it and run again.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp)
+        tmp.replace(path)  # the old picture stays whole until the new one is complete
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -409,7 +432,13 @@ def main(argv=None):
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (KeyError, TypeError, AttributeError, IndexError, RecursionError) as err:
+    except OSError as err:
+        print(f"error: could not write a picture ({err.strerror or err}: "
+              f"{err.filename or 'docs/'}); free some space or check the folder, and run "
+              "again.", file=sys.stderr)
+        return 1
+    except (KeyError, TypeError, AttributeError, IndexError, RecursionError,
+            ArithmeticError) as err:
         print(f"error: {path} (or the ratios file beside it) holds something this suite did "
               f"not write ({type(err).__name__}: {err}); give files that `pytest benchmarks "
               "--benchmark-autosave` and benchmarks/ratios.py wrote.", file=sys.stderr)

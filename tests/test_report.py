@@ -258,7 +258,7 @@ def test_ratios_refuses_a_folder_as_out_before_measuring(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, words", [
-    (["--repeats", "0"], "--repeats must be at least 1, got 0"),
+    (["--repeats", "0"], "argument --repeats: must be a whole number in [1, 100000], got 0"),
     (["--repeats", "abc"], "argument --repeats: invalid int value: 'abc'"),
     (["--device"], "argument --device: expected one argument"),
     (["--device", "bogus"], "unknown device 'bogus'"),
@@ -280,11 +280,29 @@ def test_bench_max_time_must_be_a_positive_number(text):
     assert contenders.seconds_from_env("BENCH_MAX_TIME", 2.0, {"BENCH_MAX_TIME": ""}) == 2.0
 
 
+def test_report_never_writes_a_picture_over_a_folder(tmp_path, capsys):
+    report = load_report()
+    _, runs = report.load_runs(write_run(tmp_path, [bench("step", "manual", 32, 0.8e-3),
+                                                   bench("step", "manual", 64, 1.2e-3)]))
+    (tmp_path / "docs" / "benchmark_cpu.png").mkdir(parents=True)
+    with pytest.raises(ValueError, match="exists and is not a plain file"):
+        report.write_pictures(runs, {}, tmp_path / "docs")
+    assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == ["benchmark_cpu.png"]
+
+
 @pytest.mark.parametrize("entry", [
     {"extra_info": {"op": "step", "device": "cpu", "impl": "manual", "batch": 32},
      "stats": {"min": 1e-3}},  # no "threads", no "sizes": the tables need them
     {"extra_info": {"op": "step", "device": "cpu", "impl": "manual", "batch": "64",
                     "sizes": [784, 512, 128, 10]}, "stats": {"min": 1e-3}},
+    {"extra_info": {"op": "step", "device": "../../../tmp/evil", "impl": "manual", "batch": 64,
+                    "sizes": [784, 512, 128, 10]}, "stats": {"min": 1e-3}},  # names a file
+    {"extra_info": {"op": "step", "device": "cpu", "impl": "manual", "batch": 0,
+                    "sizes": [784, 512, 128, 10]}, "stats": {"min": 1e-3}},
+    {"extra_info": {"op": "step", "device": "cpu", "impl": "manual", "batch": 64,
+                    "sizes": [784, 512, 128, 10]}, "stats": {"min": 0}},
+    {"extra_info": {"op": "step", "device": "cpu", "impl": "manual", "batch": 64,
+                    "sizes": [784, 512, 128, 10]}, "stats": {"min": float("nan")}},
 ])
 def test_report_refuses_entries_it_did_not_write_in_one_sentence(entry, tmp_path, capsys):
     good = json.loads(write_run(tmp_path, [bench("step", "manual", 32, 0.8e-3)]).read_text())

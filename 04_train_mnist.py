@@ -1514,8 +1514,9 @@ def run_ablation(args):
             if signals["received"]:
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the finished runs are in {path}; run --ablation again to go on.",
-              file=sys.stderr)
+        where = (f"the finished runs are in {path}" if path.is_file() else
+                 "no run had finished yet")
+        print(f"\ninterrupted: {where}; run --ablation again to go on.", file=sys.stderr)
         return 130
     except FloatingPointError as err:
         print(f"error: {err}", file=sys.stderr)

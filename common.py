@@ -955,8 +955,7 @@ def run_main(main, argv=None):
     ValueError and OSError are what this repository raises for bad input, bad files and a
     missing device; running out of memory (see out_of_memory_message), out of disk space
     (no_space_message) and a closed output pipe (| head) are one sentence and status 1; a
-    Ctrl-C (or SIGTERM, see
-    install_interrupt_handlers) becomes status 130 with no traceback.
+    Ctrl-C (or SIGTERM, see install_interrupt_handlers) becomes status 130, no traceback.
 
     Needs: sys, os, errno, is_out_of_memory, out_of_memory_message, NO_SPACE,
         no_space_message

@@ -363,7 +363,7 @@ def affine_theta(angle, s, t, side):
 
 
 def affine_matrices(batch, generator, rotate_deg, scale, shift_px, side):
-    """Random per-image affine maps -> theta (batch, 2, 3) float32 on the CPU.
+    """Random per-image affine maps -> theta (batch, 2, 3), torch's default dtype, on the CPU.
 
     Image b is rotated by an angle in [-rotate_deg, rotate_deg] degrees, enlarged by a factor
     s in [1 - scale, 1 + scale] and moved by t in [-shift_px, shift_px] pixels per axis,
@@ -381,19 +381,20 @@ def elastic_displacement(batch, generator, alpha, sigma, side, device="cpu"):
     """A smooth random displacement field -> (batch, side, side, 2) in normalised units.
 
     Simard et al. (2003): uniform noise in [-1, 1] for each pixel and axis, smoothed by a
-    Gaussian of width sigma pixels (separably: G @ noise @ G.T, columns then rows), times
-    alpha pixels. The kernel sums to 1 and |noise| <= 1, so no pixel ever moves more than
-    alpha pixels per axis; the smoothing averages the noise, so the typical move is far
-    smaller. Away from the border, one pixel's move is alpha * sum_a sum_b G[i, a] G[j, b]
-    noise[a, b]; the noise is independent with variance 1/3, so its variance is
-    alpha^2 / 3 * (sum_k g_k^2)^2, and a Gaussian kernel g of width sigma has
-    sum_k g_k^2 ~ 1 / (2 sqrt(pi) sigma) = 1 / (3.5 sigma). Its standard deviation is therefore
-    about alpha * 0.58 / (3.5 * sigma) pixels (0.8 px for alpha 20, sigma 4; docs/04, section
-    5). The noise is drawn on the CPU, then smoothed on the device.
+    Gaussian of width sigma pixels (separably: G @ noise @ G.T, first down each column, then
+    along each row), times alpha pixels. The kernel sums to 1 and |noise| <= 1, so no pixel
+    ever moves more than alpha pixels per axis; the smoothing averages the noise, so the
+    typical move is far smaller. Where the kernel is not cut by the border, one pixel's move
+    is alpha * sum_m sum_q G[i, m] noise[m, q] G[j, q]; the noise is independent with
+    variance 1/3, so its variance is alpha^2 / 3 * (sum_k kappa_k^2)^2, and a Gaussian kernel
+    kappa of width sigma has sum_k kappa_k^2 ~ 1 / (2 sqrt(pi) sigma) ~ 1 / (3.5 sigma). Its
+    standard deviation is therefore about alpha * 0.58 / (3.5 * sigma) pixels per axis (0.8 px
+    for alpha 20, sigma 4 at the centre, less near the border; docs/04, section 5). The noise
+    is drawn on the CPU, then smoothed on the device, in torch's default dtype.
     Needs: torch, gaussian_matrix
     """
     noise = torch.rand(batch, 2, side, side, generator=generator) * 2 - 1  # (B, 2, side, side)
-    G = gaussian_matrix(side, sigma).to(device)  # (side, side)
+    G = gaussian_matrix(side, sigma, noise.dtype).to(device)  # (side, side)
     field = G @ noise.to(device) @ G.T  # (B, 2, side, side): (x, y) displacement, pixels / alpha
     return field.permute(0, 2, 3, 1) * (alpha * 2 / side)  # (B, side, side, 2), normalised units
 
@@ -433,9 +434,9 @@ def augment(x, generator, rotate_deg=0.0, scale=0.0, shift_px=0.0, alpha=0.0, si
 
 
 def gaussian_matrix(side, sigma, dtype=torch.float32):
-    """Gaussian smoothing along one axis as a matrix -> G (side, side), G[i, j] = k(i - j).
+    """Gaussian smoothing along one axis as a matrix -> G (side, side), G[i, j] = kappa(i - j).
 
-    k is a Gaussian of width sigma pixels, cut at 3 sigma and scaled to sum to 1; G @ v smooths
+    kappa is a Gaussian of width sigma pixels, cut at 3 sigma and scaled to sum to 1; G @ v smooths
     v (side,) like a 1-D convolution with zero padding (rows near the edge sum to less than 1).
     A matmul, because on a CPU it is ~10x faster than conv2d with a 1-channel kernel.
     Needs: torch, math

@@ -57,6 +57,19 @@ def test_zero_strength_is_the_identity_exactly():
     assert torch.equal(augment.augment(x, gen(), alpha=0, sigma=4.0), x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_strength_works_in_the_default_dtype(dtype):
+    # docs/04's snippets set float64 as the default; the elastic field's kernel follows it.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        x = torch.rand(8, 784, generator=gen())
+        out = augment.augment(x, gen(), rotate_deg=10, scale=0.1, shift_px=2, alpha=20)
+    finally:
+        torch.set_default_dtype(previous)
+    assert out.dtype == dtype and out.shape == x.shape and torch.isfinite(out).all()
+
+
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 def test_identity_warp_reads_every_pixel_centre(dtype, tol):
     # The resampling path itself with an identity map and a zero field: bilinear weights are
@@ -115,7 +128,7 @@ def test_random_draws_stay_in_their_ranges_and_fill_them():
 
 
 def test_a_bright_spot_moves_no_further_than_the_bound():
-    # One bright spot at (col 20, row 9), 6 px right and 5 px up from the centre (13.5, 13.5).
+    # One bright spot at (col 20, row 9), 6.5 px right and 4.5 px up from the centre (13.5, 13.5).
     # Forward map p -> s R (p - c) + c + t; per axis the move is at most
     # |s R - I| |p - c| + shift_px, and |s R - I| = sqrt(s^2 - 2 s cos(a) + 1) is largest at
     # the ends of the ranges. The spot lands where the drawn parameters say (within 0.1 px:

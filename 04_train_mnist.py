@@ -1156,7 +1156,7 @@ def prepare(args):
     """Everything that can fail on bad input, before any work -> (config, device, out).
 
     Needs: pick_device (common), given_flags, HYPERPARAMETERS, PRESETS, resolve_config, pathlib,
-        check_writable_dir (common), NO_AUGMENTATION, check_no_folders_at, RUN_FILES
+        check_writable_dir (common), NO_AUGMENTATION, check_only_files_at, RUN_FILES
     """
     device = pick_device(args.device)
     if args.resume:
@@ -1180,19 +1180,24 @@ def prepare(args):
                          f"no checkpoint at {there}; train first, or give the run's folder "
                          "with --out.")
     out = check_writable_dir(out)  # created and probed before any training
-    check_no_folders_at(out, RUN_FILES)
+    check_only_files_at(out, RUN_FILES)
     return config, device, out
 
 
-def check_no_folders_at(out, names):
-    """Raise ValueError if a folder sits where the run will write one of its files.
+def check_only_files_at(out, names):
+    """Raise ValueError if something other than a plain file (a folder, a FIFO, a device)
+    sits where the run will write, or read back, one of its files.
 
     Needs: nothing
     """
     for name in names:
-        if (out / name).is_dir():
-            raise ValueError(f"{out / name} is a folder, where this run writes a file; move it "
+        path = out / name
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder, where this run writes a file; move it "
                              "away or give another --out.")
+        if path.exists() and not path.is_file():  # reading a FIFO would wait for ever
+            raise ValueError(f"{path} is not a plain file (a FIFO or a device, say), where "
+                             "this run writes a file; move it away or give another --out.")
 
 
 def mark_stopped(path, status):
@@ -1200,6 +1205,8 @@ def mark_stopped(path, status):
 
     Needs: json, save_json (common)
     """
+    if not path.is_file():  # nothing there, or a FIFO that would block the read
+        return
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
@@ -1243,6 +1250,8 @@ def run_status(path):
 
     Needs: json
     """
+    if not path.is_file():  # nothing there, or a FIFO that would block the read
+        return None
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
@@ -1449,7 +1458,7 @@ def run_ablation(args):
         install_interrupt_handlers (common), lock_folder (common), clean_leftovers (common), sys,
         ablation_configs, torch, prepare_data, fit, show_progress (common), evaluate,
         save_json (common), ABLATION, restore_interrupt_handlers (common), ablation_table,
-        mean_std, result_line (common), check_config, check_no_folders_at, read_ablation_runs,
+        mean_std, result_line (common), check_config, check_only_files_at, read_ablation_runs,
         load_mnist_limited (common)
     """
     extra = given_flags(args, [k for k in HYPERPARAMETERS if k not in ("limit", "step")])
@@ -1478,7 +1487,7 @@ def run_ablation(args):
             raise ValueError(f"--ablation, rung {label!r}: {str(err).rstrip('.')}.") from None
     default = Path(__file__).resolve().parent / "runs" / "ablation"
     out = check_writable_dir(args.out if args.out is not None else default)
-    check_no_folders_at(out, (".lock", "ablation.json"))
+    check_only_files_at(out, (".lock", "ablation.json"))
     load_mnist_limited("cpu", args.limit)  # --limit against the data, before any file moves
     path = out / "ablation.json"
     seeds = list(range(n_seeds))

@@ -223,6 +223,8 @@ def verify_files(folder, expected_sha256, cache_name=VERIFIED_CACHE):
     """
     folder = Path(folder)
     try:
+        if not (folder / cache_name).is_file():  # missing, or a FIFO that would block the read
+            raise FileNotFoundError(folder / cache_name)
         cache = json.loads((folder / cache_name).read_text())
         cache = cache if isinstance(cache, dict) else {}
     except (OSError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON

@@ -696,7 +696,7 @@ EXAMPLES = {
                                         2, gen(4), history()), {}),
     "04:load_checkpoint": lambda tmp: ((checkpoint_for_loading(tmp),), {}),
     "04:check_saved_config": lambda: ((small_config(),), {}),
-    "04:check_no_folders_at": lambda tmp: ((tmp, ("metrics.json", ".lock")), {}),
+    "04:check_only_files_at": lambda tmp: ((tmp, ("metrics.json", ".lock")), {}),
     "04:mark_stopped": lambda tmp: ((written(tmp / "metrics.json", {"status": "running",
                                                                      "history": []}),
                                      "interrupted"), {}),

@@ -329,6 +329,23 @@ def test_a_resumed_run_that_diverges_does_not_suggest_a_flag_resume_refuses(mnis
     assert "start a new run (a new --out, no --resume) with a lower --lr" in err
 
 
+@posix_only
+@pytest.mark.mnist
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_fifo_where_a_run_writes_is_refused_before_it_blocks(mnist, tmp_path, capsys, resume):
+    out = tmp_path / "run"
+    assert run(*TINY, "--out", out) == 0
+    (out / "metrics.json").unlink()
+    os.mkfifo(out / "metrics.json")  # opening it to read would wait for a writer, for ever
+    capsys.readouterr()
+    args = ["--resume", "--out", out, "--device", "cpu", "--no-progress"] if resume else [
+        *TINY, "--out", out]
+    assert run(*args) == 2
+    err = capsys.readouterr().err
+    assert "metrics.json is not a plain file (a FIFO or a device, say)" in err
+    assert err.count("\n") == 1
+
+
 @pytest.mark.mnist
 def test_resuming_a_finished_run_and_interrupting_it_keeps_its_results(mnist, tmp_path, capsys,
                                                                        monkeypatch):

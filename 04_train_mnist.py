@@ -1295,7 +1295,7 @@ def main(argv=None):
     signals = install_interrupt_handlers()
     try:
         with lock_folder(out):
-            clean_leftovers(out, RUN_FILES)
+            clean_leftovers(out, RUN_FILES[1:])  # not .lock: never written through atomic_write
             if earlier is not None and not args.resume:
                 print(f"note: {out} holds an earlier run; this one replaces its checkpoint and "
                       "metrics when its first epoch ends, and its pictures when it finishes "
@@ -1317,7 +1317,7 @@ def main(argv=None):
                           "interrupted" if isinstance(err, KeyboardInterrupt) else
                           "out of memory" if is_out_of_memory(err) else "failed")
                 mark_stopped(out / "metrics.json", status)  # never left saying "running"
-                clean_leftovers(out, RUN_FILES)  # a temporary file a signal cut off mid-write, say
+                clean_leftovers(out, RUN_FILES[1:])  # a file a signal cut off mid-write
                 raise
     except FloatingPointError as err:
         text = str(err)

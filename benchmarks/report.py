@@ -69,7 +69,7 @@ def load_runs(path):
                 continue
             width = (info.get("sizes") or [0, DEFAULT_WIDTH])[1]
             seconds = float(bench["stats"]["min"])
-            if not DEVICE_NAME.match(str(info["device"])):  # it names the pictures' files
+            if not DEVICE_NAME.fullmatch(str(info["device"])):  # it names the pictures' files
                 raise ValueError(f"device {str(info['device'])[:40]!r} is not a device name")
             if not (positive_int(info["batch"]) and positive_int(width)
                     and math.isfinite(seconds) and seconds > 0):
@@ -86,7 +86,7 @@ def load_runs(path):
     return data.get("machine_info", {}), runs
 
 
-DEVICE_NAME = re.compile(r"^(cpu|cuda|mps)(:[0-9]+)?$")  # what the suite records
+DEVICE_NAME = re.compile(r"(cpu|cuda|mps)(:[0-9]+)?")  # what the suite records
 
 
 def positive_int(value):

@@ -297,6 +297,8 @@ def test_report_never_writes_a_picture_over_a_folder(tmp_path, capsys):
                     "sizes": [784, 512, 128, 10]}, "stats": {"min": 1e-3}},
     {"extra_info": {"op": "step", "device": "../../../tmp/evil", "impl": "manual", "batch": 64,
                     "sizes": [784, 512, 128, 10]}, "stats": {"min": 1e-3}},  # names a file
+    {"extra_info": {"op": "step", "device": "cpu\n", "impl": "manual", "batch": 64,
+                    "sizes": [784, 512, 128, 10]}, "stats": {"min": 1e-3}},  # a newline
     {"extra_info": {"op": "step", "device": "cpu", "impl": "manual", "batch": 0,
                     "sizes": [784, 512, 128, 10]}, "stats": {"min": 1e-3}},
     {"extra_info": {"op": "step", "device": "cpu", "impl": "manual", "batch": 64,

@@ -1203,15 +1203,10 @@ def check_only_files_at(out, names):
 def mark_stopped(path, status):
     """metrics.json's status "running" -> status ("interrupted", "diverged", ...), all else kept.
 
-    Needs: json, save_json (common)
+    Needs: read_record, save_json (common)
     """
-    if not path.is_file():  # nothing there, or a FIFO that would block the read
-        return
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
-        return
-    if isinstance(record, dict) and record.get("status") == "running":
+    record = read_record(path)
+    if record is not None and record.get("status") == "running":
         save_json(path, dict(record, status=status))
 
 
@@ -1248,6 +1243,15 @@ def interrupted_message(args, out, earlier=None):
 def run_status(path):
     """metrics.json's "status" ("running", "finished", ...) -> str, or None if unreadable.
 
+    Needs: read_record
+    """
+    record = read_record(path)
+    return None if record is None else record.get("status")
+
+
+def read_record(path):
+    """A JSON object from a plain file -> dict, or None if missing, unreadable or not one.
+
     Needs: json
     """
     if not path.is_file():  # nothing there, or a FIFO that would block the read
@@ -1256,7 +1260,7 @@ def run_status(path):
         record = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         return None
-    return record.get("status") if isinstance(record, dict) else None
+    return record if isinstance(record, dict) else None
 
 
 def file_identity(path):

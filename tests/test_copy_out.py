@@ -701,6 +701,7 @@ EXAMPLES = {
                                                                      "history": []}),
                                      "interrupted"), {}),
     "04:finite_number": lambda: ((10**400,), {}),
+    "04:read_record": lambda tmp: ((written(tmp / "metrics.json", {"status": "running"}),), {}),
     "04:run_status": lambda tmp: ((written(tmp / "metrics.json", {"status": "finished"}),), {}),
     "04:read_ablation_runs": lambda tmp: ((written(tmp / "ablation.json", {"runs": [
         {"rung": 0, "seed": 0, "label": "x", "config": {}, "val_accuracy": 0.5,

@@ -46,11 +46,12 @@ if __name__ == "__main__":
             os._exit(130)  # (nothing has been written yet)
         sys.exit(130)
 
-    signal.signal(signal.SIGINT, _interrupted)
-    signal.signal(signal.SIGTERM, _interrupted)
-    # SIGHUP: the terminal closed. Not on Windows, and left alone under nohup, which ignores it.
-    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        signal.signal(signal.SIGHUP, _interrupted)
+    # SIGHUP: the terminal closed (not on Windows). A signal ignored when the run starts stays
+    # ignored: SIGHUP under nohup, SIGINT in a job started with & from a script.
+    for _name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        _number = getattr(signal, _name, None)
+        if _number is not None and signal.getsignal(_number) is not signal.SIG_IGN:
+            signal.signal(_number, _interrupted)
 
 import argparse  # noqa: E402 (after the early signal handlers, on purpose)
 import math  # noqa: E402

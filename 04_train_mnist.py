@@ -39,11 +39,12 @@ if __name__ == "__main__":
             os._exit(130)  # not sys.exit: an import in progress can swallow it and go on
         # "done": the run has said how it ended; a signal while Python shuts down changes nothing
 
-    signal.signal(signal.SIGTERM, _interrupted_while_starting)
-    signal.signal(signal.SIGINT, _interrupted_while_starting)
-    # SIGHUP: the terminal closed. Not on Windows, and left alone under nohup, which ignores it.
-    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        signal.signal(signal.SIGHUP, _interrupted_while_starting)
+    # SIGHUP: the terminal closed (not on Windows). A signal ignored when the run starts stays
+    # ignored: SIGHUP under nohup, SIGINT in a job started with & from a script.
+    for _name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        _number = getattr(signal, _name, None)
+        if _number is not None and signal.getsignal(_number) is not signal.SIG_IGN:
+            signal.signal(_number, _interrupted_while_starting)
 
 import argparse  # noqa: E402 (after the early signal handlers, on purpose)
 import importlib  # noqa: E402

@@ -1251,8 +1251,9 @@ def save_json(path, data):
 def install_interrupt_handlers(names=("SIGTERM", "SIGINT", "SIGHUP")):
     """Make each named signal raise KeyboardInterrupt in the main thread -> a record dict.
 
-    Signals this platform lacks (SIGHUP on Windows) are skipped, and so is a SIGHUP that is
-    ignored (nohup), so that closing the terminal still does not stop such a run.
+    Signals this platform lacks (SIGHUP on Windows) are skipped, and so is any signal that is
+    ignored when this is called: a SIGHUP under nohup (closing the terminal still does not stop
+    such a run), a SIGINT in a job started with & from a script (Ctrl-C is not for it).
 
     The record is {"received": [signal numbers, in order], "previous": {number: handler}}.
     A KeyboardInterrupt raised where Python can only print "Exception ignored" (a __del__
@@ -1279,12 +1280,9 @@ def install_interrupt_handlers(names=("SIGTERM", "SIGINT", "SIGHUP")):
         record["received"].append(signum)
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    hangup = getattr(signal, "SIGHUP", None)
     for number in numbers:
         current = signal.getsignal(number)
-        if getattr(current, "interrupt_record", None) is record:
-            continue
-        if number == hangup and current is signal.SIG_IGN:
+        if getattr(current, "interrupt_record", None) is record or current is signal.SIG_IGN:
             continue
         record["previous"].setdefault(number, current)
         on_signal.interrupt_record = record

@@ -707,6 +707,26 @@ def test_sigterm_becomes_keyboard_interrupt_and_is_recorded():
 
 
 @pytest.mark.skipif(not POSIX, reason="sends POSIX signals")
+def test_a_signal_ignored_at_start_stays_ignored():
+    # SIGINT in a job started with & from a script, SIGHUP under nohup: not for this run.
+    code = textwrap.dedent("""
+        import os, signal, time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        import common
+        record = common.install_interrupt_handlers()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.SIGINT not in record["previous"] and signal.SIGTERM in record["previous"]
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        print("still running", record["received"])
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["still", "running", "[]"]
+
+
+@pytest.mark.skipif(not POSIX, reason="sends POSIX signals")
 def test_a_signal_swallowed_in_a_finaliser_is_still_recorded():
     # A KeyboardInterrupt raised inside __del__ (as in a GC callback while plotting) only
     # prints "Exception ignored"; the record lets the run still end with 130.

@@ -187,6 +187,23 @@ def test_ctrl_c_pressed_again_and_again_while_starting_gives_one_line(lesson):
     assert err.count("interrupted") == 1 and "Traceback" not in err, err
 
 
+@posix_only
+@pytest.mark.parametrize("lesson", ["02_mlp_forward.py", "04_train_mnist.py"])
+def test_a_lesson_started_with_sigint_ignored_is_not_stopped_by_it(lesson, tmp_path):
+    # As a job started with & from a script: Ctrl-C at the terminal is not for it.
+    out = tmp_path / "run"
+    args = ["--epochs", "1", "--limit", "600", "--val-size", "100", "--out", str(out),
+            "--no-progress"] if lesson.startswith("04") else []
+    proc = subprocess.Popen([sys.executable, lesson, "--device", "cpu", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    time.sleep(0.4)  # python is up, torch is still importing
+    proc.send_signal(signal.SIGINT)
+    out_text, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted" not in err and "result:" in out_text
+
+
 # Runs a lesson as "python <lesson> ..." would, but the first "import torch" sends this
 # process SIGTERM and then swallows whatever the handler raises, as C code inside an import
 # (numpy's, say) can: the lesson must stop there all the same, having written nothing.

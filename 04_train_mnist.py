@@ -768,12 +768,15 @@ def check_saved_config(config):
     """
     if not isinstance(config, dict):
         raise ValueError("its config is not a dict")
-    keys = (*HYPERPARAMETERS, "seed", "limit", "preset")
+    keys = (*HYPERPARAMETERS, "preset")
     missing = [k for k in keys if k not in config]
     if missing:
         raise ValueError(f"its config lacks {', '.join(missing)}")
+    unknown = [k for k in config if k not in keys]  # a run writes these keys and no others
+    if unknown:
+        raise ValueError(f"its config holds keys no run writes ({str(unknown)[:40]})")
     actions = {a.dest: a for a in build_parser()._actions}
-    for key in (*HYPERPARAMETERS, "seed", "limit"):
+    for key in HYPERPARAMETERS:
         value, action = config[key], actions[key]
         if key == "limit" and value is None:  # None: all the training digits
             continue
@@ -840,7 +843,7 @@ def load_checkpoint(path):
     """torch.load(weights_only=True) + checks of every field -> state; ValueError if not ours.
 
     Needs: pathlib, torch, warnings, CHECKPOINT_FORMAT, check_saved_config, N_INPUT,
-        N_CLASSES, HISTORY_KEYS, all_finite, finite_number
+        N_CLASSES, all_finite, history_agrees
     """
     path = Path(path)
     if not path.is_file():
@@ -872,19 +875,19 @@ def load_checkpoint(path):
         if (not isinstance(tensors, (list, tuple)) or len(tensors) != len(shapes)
                 or any(not isinstance(t, torch.Tensor) or tuple(t.shape) != s
                        or t.dtype != torch.float32 or t.layout != torch.strided
+                       or t.device.type != "cpu"  # map_location leaves a "meta" tensor be
                        for t, s in zip(tensors, shapes))):
             raise ValueError(damaged.format(f"its {name} are not dense float32 tensors of "
                                             "the shapes its config gives"))
         if not all_finite(tensors):  # never saved by a run: each checkpoint is checked first
             raise ValueError(damaged.format(f"its {name} hold NaN or infinite values"))
+        # Fresh memory for each tensor, as save_checkpoint wrote them: a crafted file can make
+        # two tensors share memory, or one element stand for many (a stride of 0), which the
+        # in-place updates would corrupt or refuse; detach drops a requires_grad flag.
+        state[name] = [t.detach().clone(memory_format=torch.contiguous_format) for t in tensors]
     epoch, history, gen = state["epoch"], state["history"], state["generator_state"]
-    if (not isinstance(epoch, int) or not 1 <= epoch <= config["epochs"]
-            or not isinstance(history, list) or len(history) != epoch
-            or any(not isinstance(h, dict) or h.get("epoch") != i
-                   or not all(k in h and (h[k] is None or finite_number(h[k]))
-                              for k in HISTORY_KEYS)
-                   or not finite_number(h["seconds"])
-                   for i, h in enumerate(history, 1))
+    if (type(epoch) is not int or not 1 <= epoch <= config["epochs"]  # bool is not an epoch
+            or not history_agrees(history, epoch, config["val_size"] > 0)
             or not isinstance(gen, torch.Tensor) or gen.dtype != torch.uint8):
         raise ValueError(damaged.format("its epoch, history or generator state do not agree"))
     try:
@@ -892,6 +895,31 @@ def load_checkpoint(path):
     except RuntimeError:
         raise ValueError(damaged.format("its generator state is not one")) from None
     return state
+
+
+def history_agrees(history, epoch, validated):
+    """Whether history is what a run writes after `epoch` epochs -> bool.
+
+    One dict per epoch, numbered from 1, holding HISTORY_KEYS and nothing else: a loss and
+    seconds that are finite and not negative, and a validation loss and accuracy (in [0, 1])
+    exactly when the run holds digits out for validation (validated), None otherwise.
+
+    Needs: HISTORY_KEYS, finite_number
+    """
+    def non_negative(value):
+        return finite_number(value) and value >= 0
+
+    def agrees(h, i):
+        if not isinstance(h, dict) or set(h) != set(HISTORY_KEYS):
+            return False
+        val = (h["val_loss"], h["val_accuracy"])
+        return (type(h["epoch"]) is int and h["epoch"] == i and non_negative(h["loss"])
+                and non_negative(h["seconds"])
+                and (all(non_negative(v) for v in val) and val[1] <= 1 if validated
+                     else val == (None, None)))
+
+    return (isinstance(history, list) and len(history) == epoch
+            and all(agrees(h, i) for i, h in enumerate(history, 1)))
 
 
 def finite_number(value):
@@ -1127,7 +1155,8 @@ def run_eval(args):
     """--eval: the test accuracy of a saved checkpoint.
 
     Needs: given_flags, HYPERPARAMETERS, pick_device (common), load_checkpoint,
-        load_mnist_limited (common), torch, evaluate, describe_config, result_line (common)
+        load_mnist_limited (common), torch, math, evaluate, describe_config,
+        result_line (common)
     """
     extra = given_flags(args, [k for k in HYPERPARAMETERS if k not in ("limit",)] + ["preset"])
     if args.resume or args.out is not None or args.ablation:
@@ -1146,6 +1175,10 @@ def run_eval(args):
     with torch.inference_mode():
         params = tuple(p.to(device) for p in state["params"])
         loss, acc = evaluate(params, X_test, y_test)
+    if not math.isfinite(loss):  # finite parameters, but so large that the logits overflow
+        raise ValueError(f"{args.eval} gives a test loss of {loss}: its parameters are too "
+                         "large to score (no run saves such); train again or use another "
+                         "checkpoint.")
     epochs = f"{state['epoch']} epoch{'' if state['epoch'] == 1 else 's'}"
     print(f"{args.eval}: {describe_config(state['config'])}, trained {epochs}")
     print(f"test accuracy {acc:.2%} on {len(y_test):,} digits (loss {loss:.4f})")

@@ -551,7 +551,7 @@ def lesson(tag):
 def small_config():
     """A training config of lesson 04 for tiny images of 4 x 4 pixels."""
     return {"hidden": [6], "epochs": 2, "batch_size": 8, "lr": 0.1, "momentum": 0.9,
-            "weight_decay": 0.01, "schedule": "linear", "val_size": 0, "shift": 1,
+            "weight_decay": 0.01, "schedule": "linear", "val_size": 4, "shift": 1,
             "rotate": 5.0, "scale": 0.1, "elastic": 0.0, "elastic_sigma": 4.0, "smoothing": 0.1,
             "seed": 0,
             "limit": None, "step": "inplace", "preset": "default"}
@@ -701,6 +701,7 @@ EXAMPLES = {
                                                                      "history": []}),
                                      "interrupted"), {}),
     "04:finite_number": lambda: ((10**400,), {}),
+    "04:history_agrees": lambda: ((history(), 2, True), {}),
     "04:read_record": lambda tmp: ((written(tmp / "metrics.json", {"status": "running"}),), {}),
     "04:run_status": lambda tmp: ((written(tmp / "metrics.json", {"status": "finished"}),), {}),
     "04:read_ablation_runs": lambda tmp: ((written(tmp / "ablation.json", {"runs": [

@@ -100,6 +100,14 @@ def test_resume_refuses_another_preset_than_the_runs(mnist, tmp_path, capsys):
     assert "holds a run of preset 'default', not 'best'" in capsys.readouterr().err
 
 
+def nested(depth):
+    """[[[...]]], depth lists deep."""
+    x = []
+    for _ in range(depth):
+        x = [x]
+    return x
+
+
 def crafted(tmp_path, edit):
     """A real checkpoint of a tiny network, changed by edit(state) and saved."""
     sizes = [784, 4, 10]
@@ -109,7 +117,7 @@ def crafted(tmp_path, edit):
     state = {"format": train.CHECKPOINT_FORMAT, "params": list(params),
              "velocity": [torch.zeros_like(p) for p in params], "config": config, "epoch": 1,
              "generator_state": torch.Generator().get_state(),
-             "history": [{"epoch": 1, "loss": 1.0, "val_loss": None, "val_accuracy": None,
+             "history": [{"epoch": 1, "loss": 1.0, "val_loss": 0.5, "val_accuracy": 0.9,
                           "seconds": 1.0}]}
     edit(state)
     torch.save(state, tmp_path / "c.pt")
@@ -143,6 +151,20 @@ def crafted(tmp_path, edit):
     (lambda s: s["params"].__setitem__(0, s["params"][0].to_sparse()), "not dense float32"),
     (lambda s: s["params"][0].__setitem__((0, 0), float("nan")), "its params hold NaN"),
     (lambda s: s["velocity"][1].__setitem__(0, float("inf")), "its velocity hold NaN"),
+    # junk a run never writes, which once ended in a TypeError (or a RecursionError) at the
+    # first write of metrics.json
+    (lambda s: s["config"].update(junk=torch.zeros(2)), "its config holds keys no run writes"),
+    (lambda s: s["config"].update({3: nested(200)}), "its config holds keys no run writes"),
+    (lambda s: s["history"][0].update(junk=torch.zeros(2)), "do not agree"),
+    (lambda s: s.update(epoch=True), "do not agree"),
+    (lambda s: s["history"][0].update(epoch=True), "do not agree"),
+    (lambda s: s["history"][0].update(seconds=-5.0), "do not agree"),
+    (lambda s: s["history"][0].update(val_accuracy=None), "do not agree"),  # val_size 5000
+    (lambda s: s["history"][0].update(val_accuracy=1.5), "do not agree"),
+    (lambda s: (s["config"].update(val_size=0), s["history"][0].update(val_loss=0.3,
+                                                                       val_accuracy=None)),
+     "do not agree"),
+    (lambda s: s["params"].__setitem__(1, torch.empty(4, device="meta")), "not dense float32"),
 ])
 @pytest.mark.parametrize("mode", ["--eval", "--resume"])
 def test_crafted_checkpoints_are_refused_in_one_sentence(edit, words, mode, tmp_path, capsys):
@@ -156,6 +178,32 @@ def test_crafted_checkpoints_are_refused_in_one_sentence(edit, words, mode, tmp_
     err = capsys.readouterr().err
     assert err.startswith("error: ") and words in err and err.count("\n") == 1
     assert "is damaged" in err and "train again or use another checkpoint" in err
+
+
+@pytest.mark.parametrize("edit", [
+    lambda s: s["params"].__setitem__(1, torch.zeros(1).expand(4)),  # one element for four
+    lambda s: s["velocity"].__setitem__(1, s["params"][1]),  # a velocity that is a parameter
+    lambda s: s["params"].__setitem__(1, torch.zeros(4, requires_grad=True)),
+])
+def test_a_checkpoint_is_loaded_into_fresh_memory(edit, tmp_path):
+    # Crafted memory layouts that the in-place updates would refuse (a stride of 0) or that
+    # would make one update move two tensors; a run saves none of them.
+    state = train.load_checkpoint(crafted(tmp_path, edit))
+    tensors = state["params"] + state["velocity"]
+    assert all(t.is_contiguous() and not t.requires_grad for t in tensors)
+    assert len({t.untyped_storage().data_ptr() for t in tensors}) == len(tensors)
+    params, velocity = state["params"], state["velocity"]
+    x, y = torch.rand(8, 784), torch.arange(8)
+    train.train_step_(params, velocity, x, y, lr=0.1, momentum=0.9)  # runs, in place
+    assert not torch.equal(params[1], velocity[1])
+
+
+def test_eval_of_parameters_too_large_to_score_is_one_sentence(tmp_path, capsys):
+    path = crafted(tmp_path, lambda s: s["params"].__setitem__(0, torch.full((784, 4), 1e38)))
+    assert run("--eval", path, "--device", "cpu", "--limit", "100") == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "too large to score" in err and "result:" not in out
 
 
 @posix_only

@@ -65,6 +65,7 @@ import common  # noqa: E402
 
 minibatches, pyplot, save_figure = common.minibatches, common.pyplot, common.save_figure
 add_run_args, check_writable_dir = common.add_run_args, common.check_writable_dir
+lock_folder, clean_leftovers = common.lock_folder, common.clean_leftovers
 float_in, int_in = common.float_in, common.int_in
 load_mnist_limited, make_generator = common.load_mnist_limited, common.make_generator
 parse_args, pick_device = common.parse_args, common.pick_device
@@ -289,8 +290,8 @@ def main(argv=None):
     Needs: argparse, int_in (common), float_in (common), pathlib, add_run_args (common),
         parse_args (common), pick_device (common), check_writable_dir (common),
         load_mnist_limited (common), is_nine, torch, make_generator (common), logreg_init,
-        train, show_progress (common), sys, binary_metrics, logreg_forward, plot_weights, math,
-        result_line (common)
+        train, show_progress (common), sys, binary_metrics, logreg_forward, lock_folder (common),
+        clean_leftovers (common), plot_weights, math, result_line (common)
     """
     parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -332,8 +333,10 @@ def main(argv=None):
     print(f"test  accuracy {test['accuracy']:.2%}   (always 'not 9': {baseline:.2%})")
     print(f"test  class 9: precision {test['precision']:.2%}  recall {test['recall']:.2%}  "
           f"F1 {test['f1']:.3f}")
-    plot_weights(params[0], out / "weights.png",
-                 f"w, the 9 detector (test {test['accuracy']:.2%})")
+    with lock_folder(out):  # no other run writes in out/ meanwhile (else one sentence)
+        clean_leftovers(out, ("weights.png",))  # what a killed run left mid-write
+        plot_weights(params[0], out / "weights.png",
+                     f"w, the 9 detector (test {test['accuracy']:.2%})")
     print(f"wrote {out / 'weights.png'}: red pixels vote for 9, blue against")
     ok = test["accuracy"] > baseline and test["f1"] > 0 and math.isfinite(test["accuracy"])
     print(result_line(test_accuracy=test["accuracy"], precision=test["precision"],

@@ -883,7 +883,8 @@ def load_checkpoint(path):
             raise ValueError(damaged.format(f"its {name} hold NaN or infinite values"))
         # Fresh memory for each tensor, as save_checkpoint wrote them: a crafted file can make
         # two tensors share memory, or one element stand for many (a stride of 0), which the
-        # in-place updates would corrupt or refuse; detach drops a requires_grad flag.
+        # in-place updates would corrupt or refuse; detach drops a flag that asks torch to
+        # record operations for its gradient machinery.
         state[name] = [t.detach().clone(memory_format=torch.contiguous_format) for t in tensors]
     epoch, history, gen = state["epoch"], state["history"], state["generator_state"]
     if (type(epoch) is not int or not 1 <= epoch <= config["epochs"]  # bool is not an epoch
@@ -948,6 +949,8 @@ def metrics_record(config, device, history, status, started, final=None):
         **(final or {}),
         "train_seconds": sum(h["seconds"] for h in history),
         "total_seconds": time.perf_counter() - started,  # this process, data loading included
+        # The machine fields describe the process that wrote this record: after --resume, the
+        # last one (the earlier epochs' seconds are in history).
         "device": str(device),
         "device_name": device_description(device),
         "threads": torch.get_num_threads(),
@@ -1106,8 +1109,9 @@ def train(config, device, out, state, progress, started, signals):
     if state is not None and len(state["history"]) >= config["epochs"]:
         # Nothing left to train: scored and drawn again, and its finished record stays as
         # it is until the new one is complete (an interruption changes nothing).
-        print(f"resuming {out}: all {config['epochs']} epochs are done, so it is only scored "
-              "and drawn again")
+        done = ("its one epoch is" if config["epochs"] == 1 else
+                f"all {config['epochs']} epochs are")
+        print(f"resuming {out}: {done} done, so it is only scored and drawn again")
     elif state is not None:
         print(f"resuming {out} after epoch {len(state['history'])}")
         save_json(out / "metrics.json", metrics_record(
@@ -1135,6 +1139,8 @@ def train(config, device, out, state, progress, started, signals):
         raise KeyboardInterrupt
     final = {"train_accuracy": train_acc, "val_accuracy": val_acc, "test_accuracy": test_acc,
              "test_loss": test_loss}
+    if state is not None and len(state["history"]) >= config["epochs"]:
+        final["rescored"] = True  # the machine fields are this process's, not the training's
     record = metrics_record(config, device, history, "finished", started, final)
     save_json(out / "metrics.json", record)
     val = "" if val_acc is None else f" | val {val_acc:.2%}"

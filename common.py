@@ -30,6 +30,7 @@ import platform
 import re
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -1090,11 +1091,12 @@ def lock_folder(path, wait=False):
     waits for it (as concurrent data loads do). The handle is a contextlib.ExitStack with
     .path (the lock file) and .pid; closing it twice is harmless. Raises OSError when the
     lock file cannot be created (a missing or read-only folder), and ValueError when .lock is
-    a link or a folder, or when this process holds that lock already (it would wait for
-    itself); only the ValueError for a lock held elsewhere has .holder (what that process
-    wrote into the lock file: its PID, or "unknown").
+    a link, a hard link (another name for the same file) or a folder, or when this process
+    holds that lock already (it would wait for itself); only the ValueError for a lock held
+    elsewhere has .holder (what that process wrote into the lock file: its PID, or
+    "unknown").
 
-    Needs: _try_lock, _unlock, LOCK_NAME, _HELD_LOCKS, contextlib, os, pathlib
+    Needs: _try_lock, _unlock, LOCK_NAME, _HELD_LOCKS, contextlib, os, stat, pathlib
     """
     lock_path = Path(path) / LOCK_NAME
     if lock_path.is_symlink() or (lock_path.exists() and not lock_path.is_file()):
@@ -1108,6 +1110,11 @@ def lock_folder(path, wait=False):
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(lock_path, flags, 0o644)  # never truncate before locking
     try:
+        st = os.fstat(fd)  # what was opened, not what the name pointed to a moment before
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+            raise ValueError(f"{lock_path} is not a file of its own (a hard link to another "
+                             "name, say), and taking the lock would empty it; remove it or "
+                             "choose another folder.")
         held = _try_lock(fd, wait)
     except BaseException:
         os.close(fd)
@@ -1143,9 +1150,10 @@ def lock_folder(path, wait=False):
 
 
 # Only what this repository itself leaves behind when killed: atomic_write's temporary
-# files (.<name>.XXXXXXXX.tmp, mkstemp's 8 random characters) and fetch_mnist's staging
-# folders (.fetch-XXXXXXXX).
+# files (.<name>.XXXXXXXX.tmp, mkstemp's 8 random characters), check_writable_dir's probe
+# files (.write-probe.XXXXXXXX.tmp) and fetch_mnist's staging folders (.fetch-XXXXXXXX).
 LEFTOVER_FILE = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{8}\.tmp$")
+PROBE_NAME = "write-probe"
 LEFTOVER_DIR = re.compile(r"^\.fetch-[A-Za-z0-9_]{8}$")
 
 
@@ -1153,13 +1161,15 @@ def clean_leftovers(folder, names=(), fetch_folders=False):
     """Remove what a killed run of ours left in folder (not below it) -> the removed names.
 
     Only atomic_write's temporary files for the given file names (.<name>.XXXXXXXX.tmp, name
-    in names) and, with fetch_folders, fetch_mnist's .fetch-XXXXXXXX staging folders: a
+    in names), check_writable_dir's probe files (.write-probe.XXXXXXXX.tmp) and, with
+    fetch_folders, fetch_mnist's .fetch-XXXXXXXX staging folders: a
     user's own files that merely look alike (.notes.abcdefgh.tmp, a .fetch-... folder in a
     run folder) are never touched, and a missing folder is fine. Call it holding
     lock_folder(folder), so that no live run's files are removed.
 
-    Needs: LEFTOVER_FILE, LEFTOVER_DIR, os, shutil, pathlib, re
+    Needs: LEFTOVER_FILE, LEFTOVER_DIR, PROBE_NAME, os, shutil, pathlib, re
     """
+    names = (*names, PROBE_NAME)
     removed = []
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
@@ -1183,9 +1193,10 @@ def check_writable_dir(path, flag="--out"):
 
     Creates it (with parents), writes and removes a probe file in it. Refuses '' and None,
     a file, a path under a file, a read-only folder, /proc and the like, and the MNIST data
-    folder or any folder in it, with one ValueError sentence naming flag and the folder.
+    folder or any folder in it, with one ValueError sentence naming flag and the folder. A
+    full disk (or a size limit) raises its OSError as it is: run_main says so (status 1).
 
-    Needs: os, tempfile, pathlib, mnist_raw_dir
+    Needs: os, errno, tempfile, pathlib, mnist_raw_dir, PROBE_NAME, NO_SPACE
     """
     if path is None or str(path).strip() == "":
         raise ValueError(f"{flag} is empty; give the folder to write the run into.")
@@ -1201,13 +1212,16 @@ def check_writable_dir(path, flag="--out"):
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"{flag} {folder} is a file, not a folder; give a folder.")
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=f".{PROBE_NAME}.", suffix=".tmp", dir=folder)
         try:
             os.write(fd, b"probe")
         finally:
             os.close(fd)
-            os.unlink(probe)
+            Path(probe).unlink(missing_ok=True)  # a killed run's probe: clean_leftovers
     except OSError as err:
+        if err.errno in NO_SPACE:  # a full disk is not a folder you cannot write to
+            err.filename = err.filename or str(folder)
+            raise
         why = err.strerror or type(err).__name__
         raise ValueError(f"{flag} {folder} cannot be written to ({why}); give a folder you "
                          "can write to.") from None

@@ -3,6 +3,7 @@ folders, strict JSON, argument types, devices and signals. Each test names what 
 
 import argparse
 import ast
+import errno
 import json
 import os
 import pickle
@@ -453,6 +454,18 @@ def test_lock_folder_refuses_a_link_as_its_lock_and_leaves_the_target_alone(tmp_
     assert notes.read_text() == "precious"
 
 
+def test_lock_folder_refuses_a_hard_link_as_its_lock_and_leaves_the_file_alone(tmp_path):
+    # Taking the lock empties .lock and writes a PID: through a hard link, that would be the
+    # user's file.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious")
+    (tmp_path / "run").mkdir()
+    os.link(notes, tmp_path / "run" / ".lock")
+    with pytest.raises(ValueError, match="is not a file of its own"):
+        common.lock_folder(tmp_path / "run")
+    assert notes.read_text() == "precious"
+
+
 def test_lock_folder_in_a_missing_folder_is_an_os_error(tmp_path):
     with pytest.raises(OSError):
         common.lock_folder(tmp_path / "missing")
@@ -497,6 +510,25 @@ def test_check_writable_dir_creates_the_folder_and_leaves_no_probe(tmp_path):
     folder = common.check_writable_dir(tmp_path / "a" / "b")
     assert folder == tmp_path / "a" / "b" and folder.is_dir()
     assert list(folder.iterdir()) == []
+
+
+def test_a_killed_runs_probe_file_is_a_leftover_the_next_run_removes(tmp_path):
+    (tmp_path / ".write-probe.k1ll3d_0.tmp").write_bytes(b"probe")  # SIGKILL mid-probe
+    assert common.clean_leftovers(tmp_path) == [".write-probe.k1ll3d_0.tmp"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_at_the_probe_is_the_no_space_sentence_not_a_bad_folder(
+        tmp_path, monkeypatch, capsys):
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(common.os, "write", full)
+    assert common.run_main(lambda argv: common.check_writable_dir(tmp_path / "out"), []) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: could not write {tmp_path / 'out'} (No space left")
+    assert err.count("\n") == 1 and "cannot be written to" not in err
+    assert list((tmp_path / "out").iterdir()) == []  # the probe is gone
 
 
 @pytest.mark.parametrize("value", ["", None, "   "])

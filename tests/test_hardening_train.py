@@ -424,11 +424,17 @@ def test_resuming_a_finished_run_and_interrupting_it_keeps_its_results(mnist, tm
     monkeypatch.setattr(train, "plot_curves", stopped_while_drawing)
     assert run("--resume", "--out", out, "--device", "cpu", "--no-progress") == 130
     captured = capsys.readouterr()
-    assert "all 1 epochs are done, so it is only scored and drawn again" in captured.out
+    assert "its one epoch is done, so it is only scored and drawn again" in captured.out
     assert "holds a run that had finished all its epochs" in captured.err
     assert "--resume" not in captured.err
     assert (out / "metrics.json").read_bytes() == before  # status and accuracies kept
     assert strict_json(out / "metrics.json")["status"] == "finished"
+    monkeypatch.undo()  # scored again, to the end: the record says it was only scored again
+    assert run("--resume", "--out", out, "--device", "cpu", "--no-progress") == 0
+    again, first = strict_json(out / "metrics.json"), json.loads(before)
+    assert again["rescored"] is True and "rescored" not in first
+    assert again["test_accuracy"] == first["test_accuracy"]
+    assert again["history"] == first["history"]
 
 
 @pytest.mark.mnist

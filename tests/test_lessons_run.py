@@ -37,6 +37,16 @@ def test_01_trains_on_a_slice_and_reports_class_9_metrics(mnist, capsys):
 
 
 @pytest.mark.mnist
+def test_01_removes_the_picture_a_killed_run_left_half_written(mnist, tmp_path, capsys):
+    (tmp_path / ".weights.png.k1ll3d00.tmp").write_bytes(b"half a png")  # SIGKILL mid-write
+    (tmp_path / ".notes.abcdefgh.tmp").write_text("a user's own file")
+    assert run("01_logistic_regression", "--limit", "1000", "--epochs", "1", "--no-progress",
+               "--out", str(tmp_path)) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", ".notes.abcdefgh.tmp",
+                                                          "weights.png"]
+
+
+@pytest.mark.mnist
 def test_02_prints_shapes_parameter_count_and_initial_loss(mnist, capsys):
     assert run("02_mlp_forward", "--digits", "200", "--device", "cpu") == 0
     out = capsys.readouterr().out

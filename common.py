@@ -896,13 +896,19 @@ def parse_args(parser, argv=None):
 
     The parser must be built with exit_on_error=False. The few mistakes argparse reports
     through parser.error even so (an ambiguous abbreviation such as --e) are turned into the
-    same ValueError.
+    same ValueError. --help's text is written so that a failed write (stdout on a full disk)
+    raises its OSError instead of passing in silence.
 
-    Needs: argparse
+    Needs: argparse, sys
     """
     def refuse(message):
         raise ValueError(f"{message}; see --help.")
+
+    def print_help(file=None):  # argparse's own ignores a failed write (stdout on a full disk)
+        (file or sys.stdout).write(parser.format_help())
+        (file or sys.stdout).flush()
     parser.error = refuse  # this parser's own error(), which would print usage and exit
+    parser.print_help = print_help
     try:
         args, extra = parser.parse_known_args(argv)
     except argparse.ArgumentError as err:
@@ -964,7 +970,12 @@ def run_main(main, argv=None):
         no_space_message
     """
     try:
-        status = main(argv)
+        try:
+            status = main(argv)
+        except SystemExit as done:  # --help: its text must still reach stdout (flushed below)
+            if done.code not in (0, None):
+                raise
+            status = 0
         if sys.stdout is not None:  # None when started with stdout closed (>&-)
             sys.stdout.flush()  # a closed pipe shows here, not in Python's exit
         return status

@@ -231,6 +231,26 @@ def test_atomic_write_never_replaces_what_is_not_a_plain_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(t.name for t in targets)
 
 
+def test_help_that_cannot_be_written_is_not_a_success(monkeypatch, capsys):
+    # argparse's own --help ignores a failed write: > /dev/full ended in status 0, no text.
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def main(argv):
+        parser = argparse.ArgumentParser(description="a lesson", exit_on_error=False)
+        common.parse_args(parser, argv)
+        return 0
+
+    assert common.run_main(main, ["--help"]) == 0  # a terminal: the text, status 0
+    assert "a lesson" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "stdout", FullDisk())
+    assert common.run_main(main, ["--help"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not write the output (No space left")
+    assert err.count("\n") == 1
+
+
 def test_run_main_with_stdout_closed_does_not_fail_at_the_end(monkeypatch):
     monkeypatch.setattr(sys, "stdout", None)  # python started with >&-
     assert common.run_main(lambda argv: 0, []) == 0

@@ -43,7 +43,8 @@ if __name__ == "__main__":
         if "done" in _signals:  # Python is shutting down: nothing is left to stop
             return
         if not _signals:  # one message, however often the key is pressed
-            print("\ninterrupted.", file=sys.stderr, flush=True)
+            start = "\n" if sys.stderr.isatty() else ""  # off the line the terminal's ^C is on
+            print(start + "interrupted.", file=sys.stderr, flush=True)
         _signals.append(signum)
         if _starting[0]:  # an import can swallow the exit below and go on: leave at once
             os._exit(130)  # (nothing has been written yet)

@@ -34,7 +34,8 @@ if __name__ == "__main__":
             raise KeyboardInterrupt(signal.Signals(signum).name)
         if _phase[0] == "starting":
             _phase[0] = "done"  # one message, however often the key is pressed
-            print("\ninterrupted while starting; nothing was written.", file=sys.stderr,
+            start = "\n" if sys.stderr.isatty() else ""  # off the line the terminal's ^C is on
+            print(start + "interrupted while starting; nothing was written.", file=sys.stderr,
                   flush=True)
             os._exit(130)  # not sys.exit: an import in progress can swallow it and go on
         # "done": the run has said how it ended; a signal while Python shuts down changes nothing

@@ -693,10 +693,17 @@ def accuracy(logits, y):
 def pyplot():
     """matplotlib's pyplot on the file-only Agg backend, imported only when a picture is drawn.
 
-    Needs: nothing
-    """
-    import matplotlib
+    The pictures are files, so the MPLBACKEND environment variable plays no part: it is set
+    aside while matplotlib loads (a misspelt one made the import fail after a whole run).
 
+    Needs: os
+    """
+    backend = os.environ.pop("MPLBACKEND", None)
+    try:
+        import matplotlib
+    finally:
+        if backend is not None:
+            os.environ["MPLBACKEND"] = backend
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -531,6 +531,21 @@ def test_a_full_disk_at_the_probe_is_the_no_space_sentence_not_a_bad_folder(
     assert list((tmp_path / "out").iterdir()) == []  # the probe is gone
 
 
+def test_a_misspelt_mplbackend_does_not_stop_the_pictures(tmp_path):
+    # The pictures are files drawn with Agg; MPLBACKEND=bogus made matplotlib's import fail,
+    # after a whole training run.
+    done = run_python(f"""
+        import os, common
+        plt = common.pyplot()
+        fig = plt.figure()
+        common.save_figure({str(tmp_path / "a.png")!r}, fig)
+        print(plt.get_backend().lower(), os.environ["MPLBACKEND"])
+    """, env={**os.environ, "MPLBACKEND": "bogus"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["agg", "bogus"]  # Agg used, the variable given back
+    assert (tmp_path / "a.png").read_bytes().startswith(b"\x89PNG")
+
+
 @pytest.mark.parametrize("value", ["", None, "   "])
 def test_check_writable_dir_refuses_an_empty_path(value):
     with pytest.raises(ValueError, match="--out is empty; give the folder"):

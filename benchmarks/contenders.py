@@ -341,8 +341,8 @@ class JaxWorker:
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         try:
             self.info = self.ask("hello")
-        except Skip:
-            self.close()
+        except BaseException:  # Skip, or Ctrl-C or SIGTERM while jax loads there (seconds)
+            self.stop()
             raise
 
     def ask(self, *message):
@@ -355,7 +355,16 @@ class JaxWorker:
             raise Skip(value)
         return value
 
+    def stop(self):
+        """End the worker now (kill, then wait: no orphan, no zombie), whatever it is doing."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait()
+        self.process = None
+
     def close(self):
+        """Ask the worker to quit and wait for it: the polite end, between requests."""
         if self.process is not None and self.process.poll() is None:
             jax_step.send(self.process.stdin, ("quit",))
             self.process.stdin.close()

@@ -19,11 +19,20 @@ back-to-back steps with its own clock. `BENCH_NO_JAX=1` makes it behave as if JA
 import argparse
 import os
 import pickle
+import signal
 import struct
 import sys
 import time
 
-import numpy as np
+if __name__ == "__main__" and "--serve" in sys.argv[1:]:
+    # A worker: the process that started it stops it (Ctrl-C at a terminal reaches both),
+    # so the keyboard's and the terminal's signals are left to that process, from before the
+    # imports on; the end of its requests (that process gone) ends this one.
+    for _name in ("SIGINT", "SIGHUP"):
+        if hasattr(signal, _name):
+            signal.signal(getattr(signal, _name), signal.SIG_IGN)
+
+import numpy as np  # noqa: E402
 
 
 def import_jax():

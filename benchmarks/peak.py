@@ -17,12 +17,26 @@ matmul beside it). The last line reads, e.g.
     result: peak_gflops=483.2 backend=numpy
 """
 
-import argparse
-import json
 import os
-import subprocess
+import signal
 import sys
-import time
+
+# Before any heavy import (torch through common.py, numpy, jax: seconds), so that Ctrl-C,
+# SIGTERM or SIGHUP while they load prints one line instead of a traceback (as in
+# 04_train_mnist.py). This file imports them inside functions: the whole measurement runs
+# under main's own handlers, installed once torch is in, and a process measuring one backend
+# (--backend, started by this one) keeps this handler for its whole life: it writes nothing.
+if __name__ == "__main__":
+    if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # early_signals sits here
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import early_signals
+
+    _phase, _ = early_signals.install("interrupted; nothing was measured.")
+
+import argparse  # noqa: E402 (after the early signal handlers, on purpose)
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PINNING = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # set on some machines; slower kernels
@@ -169,6 +183,32 @@ def parse_backend_output(text):
     return found
 
 
+def stop_process(process):
+    """Kill a child process (a subprocess.Popen) if it still runs, and wait for it: no orphan
+    goes on measuring, and no zombie is left to reap. None is fine."""
+    if process is None:
+        return
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+def run_captured(command, env=None, timeout=None):
+    """Run command, its stdout and stderr captured as text -> (status, stdout, stderr).
+
+    Whatever ends the wait early (timeout: subprocess.TimeoutExpired; Ctrl-C or SIGTERM: a
+    KeyboardInterrupt) kills the process and waits for it before it goes on up.
+    """
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except BaseException:
+        stop_process(process)
+        raise
+    return process.returncode, out, err
+
+
 def run_backend(backend, device="cpu", repeats=10, environ=None, timeout=300):
     """Measure one backend in a process of its own -> its measurement, or {"skipped": reason}."""
     environ = dict(os.environ if environ is None else environ)
@@ -178,13 +218,12 @@ def run_backend(backend, device="cpu", repeats=10, environ=None, timeout=300):
     command = [sys.executable, os.path.join(HERE, "peak.py"), "--backend", backend,
                "--device", device, "--repeats", str(repeats)]
     try:
-        done = subprocess.run(command, env=environ, capture_output=True, text=True,
-                              timeout=timeout)
+        _, out, err = run_captured(command, env=environ, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"backend": backend, "skipped": f"no answer within {timeout} s"}
-    found = parse_backend_output(done.stdout)
+    found = parse_backend_output(out)
     if found is None:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        last = (err.strip().splitlines() or ["no output"])[-1]
         return {"backend": backend, "skipped": last}
     if removed:
         found["unset"] = removed
@@ -287,10 +326,38 @@ def main(argv=None):
     return 0
 
 
+def interruptible(main, argv=None):
+    """main(argv) with Ctrl-C, SIGTERM and SIGHUP raising KeyboardInterrupt -> exit status.
+
+    Under common.run_main that is one line and status 130, and on the way out a measuring
+    process still running is stopped and waited for (run_captured). A signal whose
+    KeyboardInterrupt was lost (raised where Python only prints "Exception ignored") still
+    counts: such a run did not finish as asked. ratios.py runs its main this way too.
+    """
+    common = lessons_common()
+    signals = common.install_interrupt_handlers()
+    try:
+        status = main(argv)
+        if status == 0 and signals["received"]:  # not a success: it was asked to stop
+            raise KeyboardInterrupt(signal.Signals(signals["received"][0]).name)
+        return status
+    finally:
+        common.restore_interrupt_handlers(signals)
+
+
+def main_interruptible(argv=None):
+    """main, as interruptible runs it."""
+    return interruptible(main, argv)
+
+
 if __name__ == "__main__":
     if "--backend" in sys.argv[1:]:  # a process measuring one backend: no torch imported here
         sys.exit(main())
     # The whole measurement: Ctrl-C, SIGTERM or a closed pipe end in one line, and a
-    # measuring process still running is stopped with it (subprocess.run kills it).
-    lessons_common().install_interrupt_handlers()
-    sys.exit(lessons_common().run_main(main))
+    # measuring process still running is stopped with it. torch loads first (common.py),
+    # under the early handler.
+    run_main = lessons_common().run_main
+    _phase[0] = "running"
+    status = run_main(main_interruptible)
+    _phase[0] = "done"
+    sys.exit(status)

@@ -19,19 +19,30 @@ rounds of (torch process median) / (the same round's JAX process median).
 The results go to .benchmarks/ratios_<device>.json, with the machine's measured matmul peak.
 """
 
-import argparse
-import json
 import os
-import statistics
-import subprocess
+import signal
 import sys
-import time
-from pathlib import Path
+
+# Before "import torch" (through contenders), which takes seconds, so that Ctrl-C, SIGTERM or
+# SIGHUP while it loads prints one line instead of a traceback (as in 04_train_mnist.py).
+if __name__ == "__main__":
+    if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # early_signals sits here
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import early_signals
+
+    _phase, _ = early_signals.install("interrupted while starting; nothing was written.")
+
+import argparse  # noqa: E402 (after the early signal handlers, on purpose)
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # run as a script or imported by path, contenders sits here
     sys.path.insert(0, str(HERE))
-from contenders import common  # noqa: E402  (the lessons' helpers; imports torch, not jax)
+import peak  # noqa: E402  (no torch at import: run_captured, interruptible, the peak itself)
+from contenders import JaxWorker, Skip, common  # noqa: E402  (lessons' helpers; torch, no jax)
 
 BATCHES = (1, 32, 128, 512, 2048)
 TORCH_IMPLS = ("manual", "fused", "compiled", "autograd")
@@ -90,7 +101,7 @@ def paired_ratios(torch_runs, jax_runs, num, den, batches):
 def time_torch_process(device_name, batches, blocks, impls=TORCH_IMPLS):
     """In this process: check, then time the torch contenders interleaved -> per-batch dict."""
     import torch
-    from contenders import LR, Skip, build, check_against_autograd, make_problem, mode, sync
+    from contenders import LR, build, check_against_autograd, make_problem, mode, sync
 
     device = torch.device(device_name)
     result = {}
@@ -140,7 +151,7 @@ def time_torch_process(device_name, batches, blocks, impls=TORCH_IMPLS):
 def time_jax_process(device_name, batches, blocks):
     """A fresh JAX worker process: check against autograd here, time there -> per-batch dict."""
     import torch
-    from contenders import LR, JaxWorker, Skip, check_against_autograd, make_problem, step_jax
+    from contenders import LR, check_against_autograd, make_problem, step_jax
 
     device = torch.device(device_name)
     try:
@@ -165,9 +176,43 @@ def time_jax_process(device_name, batches, blocks):
                                           "best_s": min(times), "steps_per_block": steps,
                                           "first_call_s": made[0].first_call_s,
                                           "version": worker.info["jax"]}}
-    finally:
-        worker.close()
+    except BaseException:  # interrupted, or the worker failed: no polite "quit" and wait
+        worker.stop()
+        raise
+    worker.close()
     return result
+
+
+def run_torch_process(device, batches, blocks, label):
+    """One torch measuring process (this file with --child) -> its per-batch dict, or None
+    when it failed, said on stderr in one sentence naming label (e.g. "round 2").
+
+    An interruption here kills that process and waits for it (peak.run_captured): none is
+    left measuring, or waiting to be reaped, after this one has stopped.
+    """
+    command = [sys.executable, str(HERE / "ratios.py"), "--child", "--device", device,
+               "--blocks", str(blocks), "--batches", *map(str, batches)]
+    status, out, err = peak.run_captured(command, env=dict(os.environ))
+    lines = out.strip().splitlines()
+    if status == 0 and lines:
+        try:
+            result = json.loads(lines[-1])
+        except ValueError:
+            result = None
+        if isinstance(result, dict):
+            return result
+    if status < 0:  # ended by a signal: the OOM killer's SIGKILL, someone's kill
+        why = f"stopped by {signal.Signals(-status).name}"
+    elif status == 130:  # its own handler's status: that process alone was interrupted
+        why = "it was interrupted"
+    elif status == 0:
+        why = "its output ended without the measurements"
+    else:  # its last line says why (its own one-sentence error, or a traceback's last line)
+        why = (err.strip().splitlines() or ["no message"])[-1].removeprefix("error: ")
+    print(f"error: the torch measuring process of {label} failed ({why}), so nothing was "
+          "written; run again (with fewer --batches or --blocks if it ran out of memory).",
+          file=sys.stderr)
+    return None
 
 
 def main(argv=None):
@@ -196,19 +241,18 @@ def main(argv=None):
         raise ValueError(f"--out {out} exists and is not a plain file (a device, say), so it "
                          "is not written over; give a JSON file's path.")
     common.check_writable_dir(out.parent, "the folder of --out")  # now, not after minutes
+    # A temporary file that a killed run's atomic_write left beside --out, and only those of
+    # its name: the folder may hold anything else (it is .benchmarks/, or the user's own).
+    common.clean_leftovers(out.parent, [out.name])
     torch_runs, jax_runs = [], []
     for r in range(args.processes):
         print(f"round {r + 1}/{args.processes}: torch process ...", flush=True)
-        command = [sys.executable, str(HERE / "ratios.py"), "--child", "--device", args.device,
-                   "--blocks", str(args.blocks), "--batches", *map(str, args.batches)]
-        done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
-        if done.returncode != 0:
-            print(done.stderr[-3000:], file=sys.stderr)
+        result = run_torch_process(args.device, args.batches, args.blocks, f"round {r + 1}")
+        if result is None:
             return 1
-        torch_runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        torch_runs.append(result)
         print(f"round {r + 1}/{args.processes}: JAX process ...", flush=True)
         jax_runs.append(time_jax_process(args.device, args.batches, args.blocks))
-    import peak
     import torch
     from contenders import device_label
 
@@ -242,5 +286,15 @@ def main(argv=None):
     return 0
 
 
+def main_interruptible(argv=None):
+    """main, as peak.interruptible runs it: an interruption stops the measuring processes."""
+    return peak.interruptible(main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(common.run_main(main))
+    if "--child" in sys.argv[1:]:  # a measuring process: it writes nothing, so the early
+        sys.exit(common.run_main(main))  # handler may stop it at once, in any import
+    _phase[0] = "running"
+    status = common.run_main(main_interruptible)
+    _phase[0] = "done"
+    sys.exit(status)

@@ -4,6 +4,7 @@
     python benchmarks/ratios.py                        # .benchmarks/ratios_<device>.json
     python benchmarks/report.py                        # the newest saved run, + the ratios
     python benchmarks/report.py path/to/run.json [--ratios path.json] [--no-plots]
+    python benchmarks/report.py path/to/run.json --docs /tmp/pictures   # draw them elsewhere
 
 Times are each benchmark's fastest round (the least disturbed by other work on a shared
 machine). "manual / autograd" is the time ratio: 0.80x means the hand-written code takes 80 %
@@ -15,14 +16,30 @@ torch's own matmul, the ceiling torch's kernels could reach here.
 Pictures (matplotlib, Agg): docs/benchmark_<device>.png, the time per example of one training
 step against the batch size, log-log, one line per implementation, the measured peak drawn
 as the limit; docs/scaling_<device>.png, the step's time against the parameter count as the
-first hidden layer widens.
+first hidden layer widens. They are files, drawn with Agg whatever MPLBACKEND says (an
+MPLBACKEND that matplotlib does not know is set aside, with a note).
 """
 
-import json
-import math
-import re
+import os
 import sys
-from pathlib import Path
+
+# Before matplotlib is imported (a second or more; main does it before any work), so that
+# Ctrl-C, SIGTERM or SIGHUP while it loads prints one line instead of a traceback (as in
+# 04_train_mnist.py). Once it is in, a signal raises KeyboardInterrupt: a picture being
+# written is removed, not left half-written, and run() ends with one line and status 130.
+if __name__ == "__main__":
+    if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # early_signals sits here
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import early_signals
+
+    _phase, _received = early_signals.install("interrupted while starting; nothing was written.")
+
+import json  # noqa: E402 (after the early signal handlers, on purpose)
+import math  # noqa: E402
+import re  # noqa: E402
+import stat  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -42,56 +59,152 @@ RATIO_WORDS = {"compiled/jax": "compiled", "fused/jax": "fused"}
 
 def newest_saved(root=ROOT / ".benchmarks"):
     """The most recently saved pytest-benchmark JSON under root."""
-    saved = sorted(root.glob("*/*.json"), key=lambda p: p.stat().st_mtime)
+    saved = sorted((p for p in root.glob("*/*.json") if p.is_file()),  # no dangling link
+                   key=lambda p: p.stat().st_mtime)
     if not saved:
         raise ValueError(f"no saved benchmark run under {root}; run "
                          "`python -m pytest benchmarks --benchmark-autosave` first.")
     return saved[-1]
 
 
+def read_plain_text(path, what):
+    """The text of path, which must be a plain file (or a link to one) -> str.
+
+    A FIFO would make the read wait for ever, and a device (/dev/zero, a terminal) is no saved
+    file either: both are refused before any byte is read (opened without blocking, then
+    checked on the opened file itself). Anything unreadable is a ValueError in one sentence
+    that ends with what to give instead (what: e.g. "a file that benchmarks/ratios.py
+    wrote").
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise ValueError(f"{path} cannot be read ({err.strerror or type(err).__name__}); give "
+                         f"{what}.") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError(f"{path} is not a plain file (a folder, a FIFO or a device, "
+                             f"say), so it is not read; give {what}.")
+        try:
+            return f.read().decode()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} cannot be read ({type(err).__name__}); give "
+                             f"{what}.") from None
+
+
 def load_runs(path):
     """-> (machine info, {(device, op, impl, batch, width): extra_info + its min seconds}).
 
-    width is the first hidden layer's (512 but in the scaling group).
+    width is the first hidden layer's (512 but in the scaling group). Every entry of ours
+    (extra_info with an "op", timed) is checked first (entry_problem): one the suite did not
+    write is a ValueError in one sentence naming the file and the field.
     """
+    text = read_plain_text(path, "a file that --benchmark-autosave or --benchmark-json wrote")
     try:
-        data = json.loads(Path(path).read_text())
-        benchmarks = data["benchmarks"]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+        data = json.loads(text)
+        benchmarks = list(data["benchmarks"])
+    except (ValueError, KeyError, TypeError, RecursionError) as err:
         raise ValueError(f"{path} is not a pytest-benchmark JSON file ({type(err).__name__}); "
                          "give a file that --benchmark-autosave or --benchmark-json "
                          "wrote.") from None
     runs = {}
-    try:
-        for bench in benchmarks:
-            info = bench.get("extra_info", {})
-            if "op" not in info or not bench.get("stats"):
-                continue
-            width = (info.get("sizes") or [0, DEFAULT_WIDTH])[1]
-            seconds = float(bench["stats"]["min"])
-            if not DEVICE_NAME.fullmatch(str(info["device"])):  # it names the pictures' files
-                raise ValueError(f"device {str(info['device'])[:40]!r} is not a device name")
-            if not (positive_int(info["batch"]) and positive_int(width)
-                    and math.isfinite(seconds) and seconds > 0):
-                raise ValueError("a batch, width or time that is not a positive number")
-            runs[(info["device"], info["op"], info["impl"], info["batch"], width)] = dict(
-                info, seconds=seconds, median_s=bench["stats"].get("median"))
-    except (AttributeError, KeyError, TypeError, IndexError, ValueError) as err:
-        raise ValueError(f"{path} holds a benchmark entry this suite did not write "
-                         f"({type(err).__name__}: {err}); give a file that "
-                         "`pytest benchmarks --benchmark-autosave` wrote.") from None
+    for bench in benchmarks:
+        info = bench.get("extra_info", {}) if isinstance(bench, dict) else None
+        if isinstance(info, dict) and ("op" not in info or not bench.get("stats")):
+            continue  # another suite's benchmark, or one run with --benchmark-disable
+        problem = entry_problem(bench)
+        if problem:
+            raise ValueError(f"{path} holds a benchmark entry this suite did not write "
+                             f"({problem}); give a file that `pytest benchmarks "
+                             "--benchmark-autosave` wrote.")
+        info, stats = bench["extra_info"], bench["stats"]
+        width = info["sizes"][1]
+        runs[(info["device"], info["op"], info["impl"], info["batch"], width)] = dict(
+            info, seconds=stats["min"], median_s=stats.get("median"))
     if not runs:
         raise ValueError(f"{path} holds no timed MLP benchmarks (were they run with "
                          "--benchmark-disable?); run them with --benchmark-autosave.")
-    return data.get("machine_info", {}), runs
+    machine = data.get("machine_info")
+    return (machine if isinstance(machine, dict) else {}), runs
 
 
 DEVICE_NAME = re.compile(r"(cpu|cuda|mps)(:[0-9]+)?")  # what the suite records
 
+# What benchmarks/test_mlp_kernels.py writes in each entry, checked before any table or
+# picture uses it, so that a string, a list, a boolean or a null where a number belongs is
+# one sentence naming the field, not a traceback (or a wrong figure) later. Numbers are
+# field -> (kind, whether null is allowed): "count" a whole number above 0, "positive" a
+# finite number above 0. Null is what the suite writes for a rate it could not measure.
+ENTRY_REQUIRED = ("op", "impl", "device", "batch", "flops", "sizes", "params_count",
+                  "threads", "torch")
+ENTRY_NUMBERS = {"batch": ("count", False), "flops": ("count", False),
+                 "params_count": ("count", False), "threads": ("count", False),
+                 "steps_per_round": ("count", False), "peak_matmul_n": ("count", True),
+                 "first_call_s": ("positive", False), "samples_per_s": ("positive", False),
+                 "gflops": ("positive", False), "peak_gflops": ("positive", False),
+                 "pct_of_peak": ("positive", False), "torch_matmul_gflops": ("positive", True)}
+ENTRY_TEXTS = ("op", "impl", "device", "device_name", "torch", "jax", "peak_backend")
+STATS_NUMBERS = {"min": ("positive", False), "median": ("positive", False)}
+KINDS = {"count": "a whole number above 0", "positive": "a finite number above 0"}
 
-def positive_int(value):
-    """Whether value is an int (not a bool) above 0."""
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+def number_problem(value, kind, nullable=False):
+    """None when value is a JSON number of kind ("count" or "positive"; null where nullable),
+    else what it should have been, in words."""
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):  # True is an int too
+        return KINDS[kind] + (" or null" if nullable else "")
+    if kind == "count" and not (isinstance(value, int) and value > 0):
+        return KINDS[kind]
+    if kind == "positive" and not (math.isfinite(value) and value > 0):
+        return KINDS[kind]
+    return None
+
+
+def shown(value):
+    """A field's value as the error sentence quotes it: its JSON, cut to 40 characters."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def entry_problem(bench):
+    """What makes one benchmark entry unusable, in words (e.g. 'its extra_info.batch is
+    "64", not a whole number above 0'), or None when it is as this suite writes it."""
+    if not isinstance(bench, dict) or not isinstance(bench.get("extra_info"), dict):
+        return "an entry that is not an object with an extra_info object"
+    info, stats = bench["extra_info"], bench.get("stats")
+    if not isinstance(stats, dict):
+        return f"its stats is {shown(stats)}, not an object"
+    missing = [field for field in ENTRY_REQUIRED if field not in info]
+    if missing:
+        return "its extra_info lacks " + ", ".join(missing)
+    if "min" not in stats:
+        return "its stats lack min"
+    checks = [(f"extra_info.{field}", info[field], *rule)
+              for field, rule in ENTRY_NUMBERS.items() if field in info]
+    checks += [(f"stats.{field}", stats[field], *rule)
+               for field, rule in STATS_NUMBERS.items() if field in stats]
+    for where, value, kind, nullable in checks:
+        expected = number_problem(value, kind, nullable)
+        if expected:
+            return f"its {where} is {shown(value)}, not {expected}"
+    for field in ENTRY_TEXTS:
+        if field in info and not isinstance(info[field], str):
+            return f"its extra_info.{field} is {shown(info[field])}, not a string"
+    if not DEVICE_NAME.fullmatch(info["device"]):  # it names the pictures' files
+        return f"its extra_info.device is {shown(info['device'])}, not a device name"
+    sizes = info["sizes"]
+    if not (isinstance(sizes, list) and len(sizes) >= 2
+            and not any(number_problem(n, "count") for n in sizes)):
+        return (f"its extra_info.sizes is {shown(sizes)}, not a list of layer widths "
+                "(whole numbers above 0)")
+    backends = info.get("peak_backends", {})
+    if not isinstance(backends, dict) or any(
+            number_problem(v, "positive", nullable=True) for v in backends.values()):
+        return (f"its extra_info.peak_backends is {shown(backends)}, not an object of rates "
+                "(finite numbers above 0, or null)")
+    return None
 
 
 def fmt_time(seconds):
@@ -224,17 +337,66 @@ def scaling_table(device, runs):
 # ----------------------------------------------------------------------------- ratios.py's file
 
 def load_ratios(path):
-    """ratios.py's JSON -> dict, or None when the file is absent."""
+    """ratios.py's JSON -> dict, or None when the file is absent.
+
+    A plain file only (read_plain_text), whose numbers are checked as the entries of a saved
+    run are (ratios_problem): anything else is a ValueError in one sentence.
+    """
     path = Path(path)
     if not path.exists():
         return None
+    text = read_plain_text(path, "a file that benchmarks/ratios.py wrote")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(text)
         data["summary"], data["ratios"]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+    except (ValueError, KeyError, TypeError, RecursionError) as err:
         raise ValueError(f"{path} is not a file that benchmarks/ratios.py wrote "
                          f"({type(err).__name__}).") from None
+    problem = ratios_problem(data)
+    if problem:
+        raise ValueError(f"{path} is not a file that benchmarks/ratios.py wrote ({problem}); "
+                         "run benchmarks/ratios.py again.")
     return data
+
+
+def ratios_problem(data):
+    """What in ratios.py's file the report cannot use, in words (e.g. 'its blocks is "15",
+    not a whole number above 0'), or None when it is as ratios.py writes it."""
+    for field, kind, nullable in (("processes", "count", False), ("blocks", "count", False),
+                                  ("threads", "count", True)):
+        expected = number_problem(data.get(field), kind, nullable)
+        if expected:
+            return f"its {field} is {shown(data.get(field))}, not {expected}"
+    batches = data.get("batches")
+    if not isinstance(batches, list) or any(number_problem(b, "count") for b in batches):
+        return f"its batches is {shown(batches)}, not a list of whole numbers above 0"
+    peak = data.get("peak") or {}
+    if not isinstance(peak, dict):
+        return f"its peak is {shown(peak)}, not an object"
+    if number_problem(peak.get("peak_gflops"), "positive", nullable=True):
+        return (f"its peak.peak_gflops is {shown(peak.get('peak_gflops'))}, not "
+                f"{KINDS['positive']}")
+    # {impl: {batch: {"median_s": ...}}} and {name: {batch: {"median": ...}}}
+    for part, field in (("summary", "median_s"), ("ratios", "median")):
+        if not isinstance(data[part], dict):
+            return f"its {part} is {shown(data[part])}, not an object"
+        for name, by_batch in data[part].items():
+            entries = by_batch.items() if isinstance(by_batch, dict) else [("", by_batch)]
+            for batch, entry in entries:
+                where = f"{part}.{name}" + (f".{batch}" if batch else "")
+                if not isinstance(entry, dict):
+                    return f"its {where} is {shown(entry)}, not an object"
+                if number_problem(entry.get(field), "positive"):
+                    return (f"its {where}.{field} is {shown(entry.get(field))}, not "
+                            f"{KINDS['positive']}")
+    firsts = data.get("first_call_s") or {}
+    compiled = (firsts.get("compiled") or {}) if isinstance(firsts, dict) else None
+    if not isinstance(compiled, dict) or any(
+            not isinstance(v, list) or any(number_problem(t, "positive", True) for t in v)
+            for v in compiled.values()):
+        return (f"its first_call_s is {shown(firsts)}, not lists of seconds by batch "
+                "(finite numbers above 0, or null)")
+    return None
 
 
 def target_verdicts(data):
@@ -290,10 +452,11 @@ def ratios_section(data):
                                                   "fused/jax", "autograd/jax")]
         lines.append(f"| {b} | " + " | ".join(cells) + " | "
                      + " | ".join(f"{r['median']:.2f}x" if r else "-" for r in rs) + " |")
-    firsts = data.get("first_call_s", {}).get("compiled", {})
+    firsts = {b: sorted(t for t in v if t is not None)  # null: a process that could not say
+              for b, v in ((data.get("first_call_s") or {}).get("compiled") or {}).items()}
     if any(firsts.values()):
         lines += ["", "compiled, first call (the compilation), median over processes: "
-                  + ", ".join(f"batch {b} {fmt_time(sorted(v)[len(v) // 2])}"
+                  + ", ".join(f"batch {b} {fmt_time(v[len(v) // 2])}"
                               for b, v in firsts.items() if v)]
     lines += ["", "| target (issue 12, point 3) | measured | verdict |", "|---|---|---|"]
     lines += [f"| {name} | {text} | {verdict} |" for name, verdict, text in
@@ -328,44 +491,127 @@ def scaling_series(device, runs):
     return {k: sorted(v) for k, v in series.items()}, sorted(limit)
 
 
-def plot_lines(path, series, title, xlabel, ylabel, limit=None, limit_label=None):
-    """One log-log line per implementation (+ the limit, dashed) -> path (PNG, Agg)."""
+def load_pyplot(environ=os.environ):
+    """matplotlib's pyplot on the file-only Agg backend -> the module (main imports it before
+    any work, under the early signal handler).
+
+    matplotlib refuses, as it is imported, an MPLBACKEND it does not know (a typo, say). The
+    pictures here are files, drawn with Agg whatever MPLBACKEND says, so such a value is set
+    aside while matplotlib loads, with a one-line note, instead of stopping the report over a
+    setting it does not use (a valid one is overridden silently, as it always was).
+    """
+    if "matplotlib" in sys.modules:  # imported already: it reads MPLBACKEND no more
+        return agg_pyplot()
+    wanted = environ.pop("MPLBACKEND", None)
+    try:
+        plt = agg_pyplot()
+    except ImportError as err:
+        raise ValueError(f"matplotlib cannot be imported here ({err}); install it (pip install "
+                         "-r requirements.txt) or add --no-plots.") from None
+    finally:
+        if wanted is not None:
+            environ["MPLBACKEND"] = wanted  # this process's environment as it was
+    if wanted:
+        import matplotlib
+
+        try:
+            matplotlib.rcsetup.validate_backend(wanted)
+        except ValueError:
+            print(f"note: MPLBACKEND={wanted!r} names no matplotlib backend; it is ignored "
+                  "here, as report.py draws its pictures into files with Agg whatever it "
+                  "says.", file=sys.stderr)
+    return plt
+
+
+def agg_pyplot():
+    """matplotlib.pyplot, on Agg."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def literal(text):
+    """text as matplotlib should draw it, character for character.
+
+    matplotlib reads text between two $ as mathtext, where ^, _ and \\ mean something and a
+    stray one fails when the picture is drawn; with every $ escaped there is no mathtext, and
+    matplotlib draws \\$ as $. Names from the JSON (a device, an implementation) go through
+    this.
+    """
+    return str(text).replace("$", r"\$")
+
+
+def plot_lines(path, series, title, xlabel, ylabel, limit=None, limit_label=None):
+    """One log-log line per implementation (+ the limit, dashed) -> path (PNG, Agg)."""
+    plt = load_pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    for impl in sorted(series, key=lambda i: (STEP_IMPLS + ("?",)).index(i)
-                       if i in STEP_IMPLS else 99):
-        xs, ys = zip(*series[impl])
-        # One colour per implementation in every picture (jax is purple in each of them).
-        color = f"C{STEP_IMPLS.index(impl)}" if impl in STEP_IMPLS else None
-        ax.plot(xs, ys, marker="o", label=impl, color=color)
-    if limit:
-        xs, ys = zip(*limit)
-        ax.plot(xs, ys, "k--", label=limit_label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
     try:
-        if path.exists() and not path.is_file():
-            raise ValueError(f"{path} exists and is not a plain file, so no picture is written "
-                             "over it; remove it and run again.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp)
-        tmp.replace(path)  # the old picture stays whole until the new one is complete
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        for impl in sorted(series, key=lambda i: (STEP_IMPLS + ("?",)).index(i)
+                           if i in STEP_IMPLS else 99):
+            xs, ys = zip(*series[impl])
+            # One colour per implementation in every picture (jax is purple in each of them).
+            color = f"C{STEP_IMPLS.index(impl)}" if impl in STEP_IMPLS else None
+            ax.plot(xs, ys, marker="o", label=literal(impl), color=color)
+        if limit:
+            xs, ys = zip(*limit)
+            ax.plot(xs, ys, "k--", label=literal(limit_label) if limit_label else None)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(literal(title), fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return save_picture(path, fig)
     finally:
         plt.close(fig)
+
+
+# Temporary files named as common.atomic_write names its own: .<name>.XXXXXXXX.tmp.
+LEFTOVER_FILE = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_leftovers(path):
+    """Remove the temporary files of path's name that a killed report (SIGKILL: no chance to
+    clean up) left beside it -> their names. Only those: as common.clean_leftovers."""
+    removed = []
+    for entry in os.scandir(path.parent):
+        match = LEFTOVER_FILE.match(entry.name)
+        if match and match.group(1) == path.name and entry.is_file(follow_symlinks=False):
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(entry.name)
+    return removed
+
+
+def save_picture(path, fig):
+    """fig as a PNG at path, written whole or not at all -> path.
+
+    Drawn into a temporary file beside path (.<name>.XXXXXXXX.tmp), renamed over path once
+    complete: the old picture stays whole until then. An error, Ctrl-C or SIGTERM (a
+    KeyboardInterrupt) removes the temporary file on the way out; one that a SIGKILL left is
+    removed by the next run that draws path. Nothing is written over what is not a file.
+    """
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} exists and is not a plain file, so no picture is written "
+                         "over it; remove it and run again.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            umask = os.umask(0)
+            os.umask(umask)
+            if hasattr(os, "fchmod"):  # mkstemp makes 0600 files: give the usual (not Windows)
+                os.fchmod(f.fileno(), 0o666 & ~umask)
+            fig.savefig(f, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -410,31 +656,62 @@ def report(path, ratios_path=None):
     return "\n\n".join(p for p in parts if p)
 
 
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: python benchmarks/report.py [saved.json] [--ratios file.json] [--no-plots]"
-    plots, ratios_path = "--no-plots" not in argv, None
+USAGE = ("usage: python benchmarks/report.py [saved.json] [--ratios file.json] "
+         "[--docs folder] [--no-plots]")
+
+
+def parse_arguments(argv):
+    """The command line -> (saved run or None, ratios file or None, pictures' folder, plots?).
+
+    A mistake is a ValueError in one sentence, with the usage.
+    """
+    argv = list(argv)
+    plots = "--no-plots" not in argv
     argv = [a for a in argv if a != "--no-plots"]
-    if "--ratios" in argv:
-        i = argv.index("--ratios")
-        if i + 1 >= len(argv):
-            print(usage, file=sys.stderr)
-            return 2
-        ratios_path = Path(argv[i + 1])
-        del argv[i:i + 2]
+    values = {}
+    for flag in ("--ratios", "--docs"):
+        if flag in argv:
+            i = argv.index(flag)
+            if i + 1 >= len(argv) or argv[i + 1].startswith("-"):
+                raise ValueError(f"{flag} needs a path after it; {USAGE}")
+            values[flag] = Path(argv[i + 1])
+            del argv[i:i + 2]
     if len(argv) > 1 or (argv and argv[0].startswith("-")):
-        print(usage, file=sys.stderr)
-        return 2
+        raise ValueError(f"unexpected argument {(argv[1:] or argv)[0]!r}; {USAGE}")
+    return (Path(argv[0]) if argv else None, values.get("--ratios"),
+            values.get("--docs", DOCS), plots)
+
+
+def main(argv=None, started=None):
+    """The report on stdout, the pictures in docs/ -> exit status (2: a bad argument or file,
+    1: a picture or the output could not be written).
+
+    matplotlib is imported first, before any file is read; then started() (if given) is
+    called: report.py's own run switches its signal handling there (see the top of the file).
+    """
     try:
-        path = Path(argv[0]) if argv else newest_saved()
+        path, ratios_path, docs, plots = parse_arguments(
+            sys.argv[1:] if argv is None else argv)
+        if plots:
+            load_pyplot()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if started is not None:
+        started()
+    try:
+        path = path or newest_saved()
         text = report(path, ratios_path)
-        pictures = write_pictures(load_runs(path)[1], load_runs(path)[0]) if plots else []
+        pictures = []
+        if plots:
+            machine, runs = load_runs(path)
+            pictures = write_pictures(runs, machine, docs)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
         print(f"error: could not write a picture ({err.strerror or err}: "
-              f"{err.filename or 'docs/'}); free some space or check the folder, and run "
+              f"{err.filename or docs}); free some space or check the folder, and run "
               "again.", file=sys.stderr)
         return 1
     except (KeyError, TypeError, AttributeError, IndexError, RecursionError,
@@ -443,11 +720,47 @@ def main(argv=None):
               f"not write ({type(err).__name__}: {err}); give files that `pytest benchmarks "
               "--benchmark-autosave` and benchmarks/ratios.py wrote.", file=sys.stderr)
         return 2
-    print(f"from {path}\n\n{text}")
-    for picture in pictures:
-        print(f"\nwrote {picture.relative_to(ROOT) if picture.is_relative_to(ROOT) else picture}")
+    return print_output(f"from {path}\n\n{text}" + "".join(
+        f"\n\nwrote {p.relative_to(ROOT) if p.is_relative_to(ROOT) else p}" for p in pictures))
+
+
+def print_output(text):
+    """Print text on stdout -> exit status: 0, or 1 with one sentence on stderr when stdout
+    cannot take it (a full disk, /dev/full, a program that stopped reading: | head)."""
+    try:
+        print(text)
+        if sys.stdout is not None:  # None when started with stdout closed (>&-)
+            sys.stdout.flush()  # a full or closed output shows here, not in Python's exit
+    except OSError as err:
+        try:  # what is left in the buffer goes nowhere, so Python's exit does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # no file descriptor (a test's captured output)
+            pass
+        why = ("the program reading it stopped" if isinstance(err, BrokenPipeError)
+               else err.strerror or type(err).__name__)
+        print(f"error: could not write the report to its output ({why}); send it to a "
+              "terminal, or to a file on a disk with room, and run again.", file=sys.stderr)
+        return 1
     return 0
 
 
+def run(argv=None, started=None):
+    """main(argv) as a command -> exit status: an interruption (Ctrl-C, or SIGTERM and SIGHUP
+    through the handlers at the top) is one line and status 130, no picture half-written."""
+    try:
+        return main(argv, started)
+    except KeyboardInterrupt:
+        print("interrupted; nothing was left half-written.", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    def _running():  # matplotlib is in: from now on a signal raises KeyboardInterrupt
+        _phase[0] = "running"
+
+    status = run(started=_running)
+    _phase[0] = "done"
+    if _received and status == 0:  # its KeyboardInterrupt was lost ("Exception ignored")
+        print("interrupted.", file=sys.stderr)
+        status = 130
+    sys.exit(status)

@@ -309,6 +309,8 @@ def main(argv=None):
     args = parse_args(parser, argv)
     device = pick_device(args.device)
     out = check_writable_dir(args.out)
+    with lock_folder(out):  # a folder in use, or a bad .lock, is refused now, not after training
+        clean_leftovers(out, ("weights.png",))  # what a killed run left mid-write
     X_train, y_train, X_test, y_test = load_mnist_limited(device, args.limit)
     if args.batch_size > len(X_train):
         raise ValueError(f"--batch-size {args.batch_size} is larger than the {len(X_train):,} "
@@ -335,7 +337,6 @@ def main(argv=None):
     print(f"test  class 9: precision {test['precision']:.2%}  recall {test['recall']:.2%}  "
           f"F1 {test['f1']:.3f}")
     with lock_folder(out):  # no other run writes in out/ meanwhile (else one sentence)
-        clean_leftovers(out, ("weights.png",))  # what a killed run left mid-write
         plot_weights(params[0], out / "weights.png",
                      f"w, the 9 detector (test {test['accuracy']:.2%})")
     print(f"wrote {out / 'weights.png'}: red pixels vote for 9, blue against")
@@ -359,4 +360,9 @@ if __name__ == "__main__":
         status = run_main(main)
     finally:
         _signals.append("done")
+        # Python puts back the default handlers as it shuts down (a second or so, with torch
+        # loaded), and a signal then would end this finished run with no word: ignore them.
+        for _name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            if hasattr(signal, _name):
+                signal.signal(getattr(signal, _name), signal.SIG_IGN)
     sys.exit(130 if len(_signals) > 1 else status)  # an interruption swallowed is no success

@@ -310,4 +310,9 @@ if __name__ == "__main__":
         status = run_main(main)
     finally:
         _signals.append("done")
+        # Python puts back the default handlers as it shuts down (a second or so, with torch
+        # loaded), and a signal then would end this finished run with no word: ignore them.
+        for _name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            if hasattr(signal, _name):
+                signal.signal(getattr(signal, _name), signal.SIG_IGN)
     sys.exit(130 if len(_signals) > 1 else status)  # an interruption swallowed is no success

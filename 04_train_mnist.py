@@ -903,13 +903,14 @@ def history_agrees(history, epoch, validated):
     """Whether history is what a run writes after `epoch` epochs -> bool.
 
     One dict per epoch, numbered from 1, holding HISTORY_KEYS and nothing else: a loss and
-    seconds that are finite and not negative, and a validation loss and accuracy (in [0, 1])
-    exactly when the run holds digits out for validation (validated), None otherwise.
+    seconds that are finite floats, not negative (the seconds' sum finite too), and a
+    validation loss and accuracy (in [0, 1]) exactly when the run holds digits out for
+    validation (validated), None otherwise.
 
-    Needs: HISTORY_KEYS, finite_number
+    Needs: HISTORY_KEYS, finite_number, math
     """
-    def non_negative(value):
-        return finite_number(value) and value >= 0
+    def non_negative(value):  # a float, as a run writes (an int could overflow a float sum)
+        return isinstance(value, float) and finite_number(value) and value >= 0
 
     def agrees(h, i):
         if not isinstance(h, dict) or set(h) != set(HISTORY_KEYS):
@@ -921,7 +922,8 @@ def history_agrees(history, epoch, validated):
                      else val == (None, None)))
 
     return (isinstance(history, list) and len(history) == epoch
-            and all(agrees(h, i) for i, h in enumerate(history, 1)))
+            and all(agrees(h, i) for i, h in enumerate(history, 1))
+            and math.isfinite(sum(h["seconds"] for h in history)))
 
 
 def finite_number(value):
@@ -1592,4 +1594,9 @@ if __name__ == "__main__":
     _phase[0] = "running"
     status = run_main(main)
     _phase[0] = "done"
+    # Python puts back the default handlers as it shuts down (a second or so, with torch
+    # loaded), and a signal then would end this finished run with no word: ignore them.
+    for _name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, _name):
+            signal.signal(getattr(signal, _name), signal.SIG_IGN)
     sys.exit(status)

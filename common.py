@@ -872,7 +872,8 @@ def float_in(lo=None, hi=None, finite=True, lo_open=False, hi_open=False):
                or (lo is not None and (value <= lo if lo_open else value < lo))
                or (hi is not None and (value >= hi if hi_open else value > hi)))
         if bad:
-            raise argparse.ArgumentTypeError(f"{want}, got {text}")
+            shown = str(text) if len(str(text)) <= 40 else str(text)[:37] + "..."
+            raise argparse.ArgumentTypeError(f"{want}, got {shown}")
         return value
 
     number.__name__ = "number"

@@ -6,8 +6,8 @@ own handlers, or its own KeyboardInterrupt handling, are in place), a signal pri
 script's message and ends the process at once with os._exit: an import in progress can
 swallow sys.exit (or the KeyboardInterrupt) and go on. While "running", a signal raises
 KeyboardInterrupt and is recorded (where Python can only print "Exception ignored", the
-record still says the run was stopped). Once "done", a signal changes nothing: the script
-has said how it ended, and Python is shutting down.
+record still says the run was stopped). Once "done" (finish), a signal changes nothing: the
+script has said how it ended, and Python is shutting down.
 
 The lessons carry their own copy of this at their top, so that each stays one file.
 """
@@ -42,3 +42,15 @@ def install(message):
         if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
             signal.signal(number, handler)
     return phase, received
+
+
+def finish(phase):
+    """The script has ended and said how: phase[0] = "done", and the three signals ignored.
+
+    Python puts back the default handlers as it shuts down (a second or so, with torch
+    loaded), and a signal then would end the finished run with no word and status 143.
+    """
+    phase[0] = "done"
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)

@@ -283,7 +283,11 @@ def main(argv=None):
                         help=argparse.SUPPRESS)  # internal: measure one backend, print one line
     def refuse(message):  # the mistakes argparse reports through error() even so
         raise argparse.ArgumentError(None, message)
-    parser.error = refuse
+
+    def print_help(file=None):  # argparse's own ignores a failed write (> /dev/full)
+        (file or sys.stdout).write(parser.format_help())
+        (file or sys.stdout).flush()
+    parser.error, parser.print_help = refuse, print_help
     try:
         args = parser.parse_args(argv)
     except argparse.ArgumentError as err:
@@ -359,5 +363,5 @@ if __name__ == "__main__":
     run_main = lessons_common().run_main
     _phase[0] = "running"
     status = run_main(main_interruptible)
-    _phase[0] = "done"
+    early_signals.finish(_phase)
     sys.exit(status)

@@ -296,5 +296,5 @@ if __name__ == "__main__":
         sys.exit(common.run_main(main))  # handler may stop it at once, in any import
     _phase[0] = "running"
     status = common.run_main(main_interruptible)
-    _phase[0] = "done"
+    early_signals.finish(_phase)
     sys.exit(status)

@@ -125,7 +125,10 @@ def load_runs(path):
         raise ValueError(f"{path} holds no timed MLP benchmarks (were they run with "
                          "--benchmark-disable?); run them with --benchmark-autosave.")
     machine = data.get("machine_info")
-    return (machine if isinstance(machine, dict) else {}), runs
+    machine = machine if isinstance(machine, dict) else {}
+    if not isinstance(machine.get("cpu", {}), dict):  # pytest-benchmark writes an object
+        machine = dict(machine, cpu={})
+    return machine, runs
 
 
 DEVICE_NAME = re.compile(r"(cpu|cuda|mps)(:[0-9]+)?")  # what the suite records
@@ -370,12 +373,16 @@ def ratios_problem(data):
     batches = data.get("batches")
     if not isinstance(batches, list) or any(number_problem(b, "count") for b in batches):
         return f"its batches is {shown(batches)}, not a list of whole numbers above 0"
+    if not isinstance(data.get("device"), str):
+        return f"its device is {shown(data.get('device'))}, not a string"
     peak = data.get("peak") or {}
     if not isinstance(peak, dict):
         return f"its peak is {shown(peak)}, not an object"
     if number_problem(peak.get("peak_gflops"), "positive", nullable=True):
         return (f"its peak.peak_gflops is {shown(peak.get('peak_gflops'))}, not "
                 f"{KINDS['positive']}")
+    if peak.get("peak_gflops") and not isinstance(peak.get("peak_backend"), str):
+        return f"its peak.peak_backend is {shown(peak.get('peak_backend'))}, not a string"
     # {impl: {batch: {"median_s": ...}}} and {name: {batch: {"median": ...}}}
     for part, field in (("summary", "median_s"), ("ratios", "median")):
         if not isinstance(data[part], dict):
@@ -688,10 +695,13 @@ def main(argv=None, started=None):
 
     matplotlib is imported first, before any file is read; then started() (if given) is
     called: report.py's own run switches its signal handling there (see the top of the file).
+    -h or --help prints this file's introduction and the usage.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        return print_output(f"{__doc__.strip()}\n\n{USAGE}")
     try:
-        path, ratios_path, docs, plots = parse_arguments(
-            sys.argv[1:] if argv is None else argv)
+        path, ratios_path, docs, plots = parse_arguments(argv)
         if plots:
             load_pyplot()
     except ValueError as err:
@@ -759,7 +769,7 @@ if __name__ == "__main__":
         _phase[0] = "running"
 
     status = run(started=_running)
-    _phase[0] = "done"
+    early_signals.finish(_phase)
     if _received and status == 0:  # its KeyboardInterrupt was lost ("Exception ignored")
         print("interrupted.", file=sys.stderr)
         status = 130

@@ -364,6 +364,8 @@ def ratios_data():
     (lambda d: d["ratios"]["fused/autograd"].update({"32": {"median": True}}),
      "its ratios.fused/autograd.32.median is true"),
     (lambda d: d["first_call_s"]["compiled"].update({"32": ["7"]}), "its first_call_s is"),
+    (lambda d: d.pop("device"), "its device is null, not a string"),
+    (lambda d: d["peak"].pop("peak_backend"), "its peak.peak_backend is null, not a string"),
 ])
 def test_report_refuses_a_ratios_file_whose_numbers_are_not_numbers(edit, words, tmp_path,
                                                                      capsys):
@@ -457,3 +459,30 @@ def test_report_refuses_bad_arguments_in_one_sentence(args, words, capsys):
     assert load_benchmark("report").main(args) == 2
     err = capsys.readouterr().err
     assert one_line(err) and err.startswith(f"error: {words}; usage: ")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("script", ["peak.py", "report.py", "ratios.py"])
+def test_help_that_cannot_be_written_is_one_sentence_and_status_1(script):
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, str(BENCH / script), "--help"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: could not write") and proc.stderr.count("\n") == 1
+
+
+def test_report_help_prints_its_introduction_and_usage():
+    proc = subprocess.run([sys.executable, str(BENCH / "report.py"), "-h"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert "usage: python benchmarks/report.py" in proc.stdout and "--docs" in proc.stdout
+
+
+def test_a_saved_run_whose_cpu_record_is_not_an_object_still_reports(tmp_path, capsys):
+    report = load_benchmark("report")
+    run = write_run(tmp_path, [bench("step", "manual", 32, 0.8e-3)])
+    data = json.loads(run.read_text())
+    data["machine_info"] = {"cpu": "a string, not pytest-benchmark's object"}
+    run.write_text(json.dumps(data))
+    assert report.main([str(run), "--no-plots"]) == 0
+    assert "| 32 |" in capsys.readouterr().out

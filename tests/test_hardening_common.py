@@ -664,6 +664,8 @@ def run_parser(argv, **kwargs):
     (["--lr", "inf"], "argument --lr: must be a finite number above 0, got inf"),
     (["--lr", "fast"], "argument --lr: must be a finite number above 0, got 'fast'"),
     (["--momentum", "1"], "argument --momentum: must be a finite number in [0, 1), got 1"),
+    (["--lr", "1" + "0" * 400], "argument --lr: must be a finite number above 0, got "
+                                "1000000000000000000000000000000000000..."),
 ])
 def test_argument_types_name_the_flag_in_one_sentence(argv, message):
     with pytest.raises(ValueError) as err:

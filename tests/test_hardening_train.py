@@ -159,6 +159,11 @@ def crafted(tmp_path, edit):
     (lambda s: s.update(epoch=True), "do not agree"),
     (lambda s: s["history"][0].update(epoch=True), "do not agree"),
     (lambda s: s["history"][0].update(seconds=-5.0), "do not agree"),
+    (lambda s: s["history"][0].update(seconds=10**300), "do not agree"),  # an int, not a float
+    (lambda s: s["history"][0].update(val_accuracy=1), "do not agree"),
+    (lambda s: (s["config"].update(epochs=2), s.update(epoch=2),  # their sum overflows
+                s["history"].append(dict(s["history"][0], epoch=2)),
+                [h.update(seconds=1e308) for h in s["history"]]), "do not agree"),
     (lambda s: s["history"][0].update(val_accuracy=None), "do not agree"),  # val_size 5000
     (lambda s: s["history"][0].update(val_accuracy=1.5), "do not agree"),
     (lambda s: (s["config"].update(val_size=0), s["history"][0].update(val_loss=0.3,
@@ -250,6 +255,32 @@ def test_a_lesson_started_with_sigint_ignored_is_not_stopped_by_it(lesson, tmp_p
     out_text, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "interrupted" not in err and "result:" in out_text
+
+
+# Runs a script as "python <script> ..." would; when it exits, says how SIGINT, SIGTERM and
+# SIGHUP are handled then, as Python starts to shut down.
+AT_EXIT = """
+import runpy, signal, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    print("ignored at exit:", all(signal.getsignal(getattr(signal, n)) is signal.SIG_IGN
+                                  for n in ("SIGINT", "SIGTERM", "SIGHUP")))
+"""
+
+
+@posix_only
+@pytest.mark.parametrize("script, args", [
+    ("02_mlp_forward.py", ["--device", "cpu"]),
+    ("benchmarks/report.py", ["--no-plots", "missing.json"]),
+])
+def test_a_finished_script_ignores_signals_while_python_shuts_down(script, args):
+    # Python puts back the default handlers as it shuts down (a second or so, with torch
+    # loaded): a SIGTERM then ended a finished run with status 143 and no word.
+    proc = subprocess.run([sys.executable, "-c", AT_EXIT, script, *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().endswith("ignored at exit: True"), proc.stdout + proc.stderr
 
 
 # Runs a lesson as "python <lesson> ..." would, but the first "import torch" sends this

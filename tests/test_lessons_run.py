@@ -46,6 +46,18 @@ def test_01_removes_the_picture_a_killed_run_left_half_written(mnist, tmp_path, 
                                                           "weights.png"]
 
 
+def test_01_refuses_a_bad_lock_before_it_trains(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    try:
+        (tmp_path / ".lock").hardlink_to(tmp_path / "notes.txt")
+    except OSError as err:
+        pytest.skip(f"no hard links here ({err})")
+    assert run("01_logistic_regression", "--out", str(tmp_path), "--device", "cpu") == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "is not a file of its own" in err  # no data loaded, no epoch run
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 @pytest.mark.mnist
 def test_02_prints_shapes_parameter_count_and_initial_loss(mnist, capsys):
     assert run("02_mlp_forward", "--digits", "200", "--device", "cpu") == 0

@@ -622,7 +622,7 @@ PRESETS = {
     # (up to 2 pixels), label smoothing 0.1; 5,000 training digits held out for validation.
     # Chosen on validation (README's ablation). Like every preset it trains with train_step_:
     # lesson 02's mlp_forward and 03's mlp_backward_from, with this lesson's smoothed loss and
-    # momentum_step_; --step fused is the same math (tested equal), its epochs about 8 %
+    # momentum_step_; --step fused is the same math (tested equal), its epochs about 6-7 %
     # faster (README, lesson 04).
     "default": {"hidden": [512, 128], "epochs": 30, "batch_size": 128, "lr": 0.1,
                 "momentum": 0.9, "weight_decay": 1e-4, "schedule": "linear", "val_size": 5000,

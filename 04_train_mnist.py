@@ -983,7 +983,11 @@ def plot_curves(history, path, title):
     else:
         ax2.text(0.5, 0.5, "no validation set (--val-size 0)", ha="center",
                  transform=ax2.transAxes)
-    ax1.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title="loss")
+    # A log axis shows the loss's late, small changes; it cannot draw a 0 (a tiny training set
+    # learnt exactly), so such a history gets a linear axis instead of a warning.
+    plotted = [h[k] for h in history for k in ("loss", "val_loss") if h[k] is not None]
+    scale = "log" if all(value > 0 for value in plotted) else "linear"
+    ax1.set(xlabel="epoch", ylabel="cross-entropy", yscale=scale, title="loss")
     ax1.legend()
     ax2.set(xlabel="epoch", ylabel="%", title="validation accuracy")
     for ax in (ax1, ax2):

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -463,3 +464,15 @@ def test_logistic_regression_refuses_a_single_unbatched_sample():
     with pytest.raises(ValueError, match=r"x\[None\]"):
         logreg.logreg_backward(torch.rand(5, dtype=torch.float64), torch.zeros(1),
                                torch.tensor([1]))
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.25])
+def test_the_curves_picture_draws_any_finite_loss_without_a_warning(tmp_path, loss):
+    """A run that learnt a tiny training set exactly logs a loss of 0.0; a log axis cannot
+    draw it, so the picture must fall back to a linear axis rather than warn."""
+    history = [{"epoch": e, "loss": loss / e, "val_loss": loss, "val_accuracy": 1.0,
+                "seconds": 1.0} for e in (1, 2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train.plot_curves(history, tmp_path / "curves.png", "a title")
+    assert (tmp_path / "curves.png").stat().st_size > 0

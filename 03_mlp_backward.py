@@ -384,42 +384,34 @@ def main(argv=None):
 
     Needs: common, BUGS, BLANK_HEADER, YOURS, your_turn_tasks, source_with_bug, init_params (02),
         shape_walkthrough, softmax_cross_entropy_backward, notebook_softmax_cross_entropy_backward,
-        backprop_on_a_graph, finite_differences_vs_backward, torch, sys, tempfile, Path
+        backprop_on_a_graph, finite_differences_vs_backward, torch, tempfile, Path
     """
     parser = common.make_parser(__doc__)
-    parser.add_argument("--blank", action="store_true", help="print the functions you write")
-    parser.add_argument("--yours", metavar="FILE", help="check your functions in FILE")
+    common.add_your_turn(parser)
     parser.add_argument("--bug", choices=["list", *BUGS], help="check a pass with one bug")
     parser.add_argument("--explain", action="store_true", help="with --bug: say why it breaks")
     args = parser.parse_args(argv)
     generator = common.make_generator(args.seed)
-    if args.blank:
-        print(common.blank_source(BLANK_HEADER, YOURS))
-        return 0
+    status = common.your_turn(args, BLANK_HEADER, your_turn_tasks, YOURS)
+    if status is not None:
+        return status
     if args.bug == "list":
         print("\n".join(f"{n:<20} {b[0].__doc__.split('.')[0]} (in {b[1]})" for n, b in BUGS.items()))
         return 0
-    if args.yours or args.bug:
-        if args.bug:
-            with tempfile.TemporaryDirectory() as folder:
-                (Path(folder) / "bug.py").write_text(source_with_bug(args.bug))
-                yours = common.load_yours(Path(folder) / "bug.py")
-        else:
-            yours = common.load_yours(args.yours)
-        print(f"checking {args.yours or 'the lesson with the bug ' + args.bug}: each function "
-              "against the lesson's own and central differences (float64)")
-        ok = common.check_functions(yours, your_turn_tasks(generator))
-        if args.bug:
-            print(f"\nwhy: {BUGS[args.bug][2]}" if args.explain else
-                  "\n(predict why these outputs break, then run it again with --explain)")
-            return 1  # a bug is always caught (tests/test_exercises.py): the check failed
-        print("all correct: your backward pass is right" if ok else
-              "not yet: fix the first function that is not ok, then run this again")
-        return 0 if ok else 1
+    if args.bug:
+        with tempfile.TemporaryDirectory() as folder:  # the lesson's file, the bug pasted in
+            (Path(folder) / "bug.py").write_text(source_with_bug(args.bug))
+            print(f"checking the backward pass with the bug {args.bug}: each function against "
+                  "the lesson's own and central differences (float64)")
+            common.check_functions(common.load_yours(Path(folder) / "bug.py"),
+                                   your_turn_tasks(generator))
+        print(f"\nwhy: {BUGS[args.bug][2]}" if args.explain else
+              "\n(predict why these outputs break, then run it again with --explain)")
+        return 1  # the check failed, as it must: tests/test_exercises.py
 
     print("1. the backward functions against central differences in float64 (--yours checks "
           "yours the same way)")
-    ok = common.check_functions(sys.modules[__name__], your_turn_tasks(generator))
+    ok = common.check_functions(globals(), your_turn_tasks(generator))
     params = init_params([784, 512, 128, 10], generator, device=args.device)
     x = torch.rand(100, 784, generator=generator).to(args.device)  # B = 100: no size repeats
     y = torch.randint(0, 10, (100,), generator=generator).to(args.device)

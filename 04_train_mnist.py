@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import common
 from common import accuracy, minibatches
@@ -66,10 +67,11 @@ def train_epoch(params, velocity, X, y, config, generator, first_step, total_ste
     """One shuffled pass over X (N, D), y (N,) -> (params, velocity, mean step loss, the params
     before the last step). Each batch is freshly distorted (augment), then stepped.
 
-    Needs: minibatches (common), augment, learning_rate, train_step, torch
+    Needs: minibatches (common), augment, learning_rate, train_step, torch, tqdm
     """
-    losses = []
-    for s, (xb, yb) in enumerate(minibatches(X, y, config["batch_size"], generator)):
+    losses, batches = [], minibatches(X, y, config["batch_size"], generator)
+    bar = tqdm(batches, total=-(-len(X) // config["batch_size"]), leave=False, disable=None)
+    for s, (xb, yb) in enumerate(bar):  # the bar shows on a terminal only
         xb = augment(xb, generator, config["rotate"], config["scale"], config["shift"])
         before = params
         params, velocity, loss = train_step(
@@ -376,8 +378,7 @@ def build_parser():
     p.add_argument("--ablation", action="store_true", help="train the ablation's rungs")
     p.add_argument("--seeds", type=common.int_in(1, 20), default=3, help="seeds per rung")
     p.add_argument("--overfit-batch", action="store_true", help="fit one batch, nothing more")
-    p.add_argument("--blank", action="store_true", help="print the functions you write")
-    p.add_argument("--yours", metavar="FILE", help="check your functions in FILE")
+    common.add_your_turn(p)
     return p
 
 
@@ -482,7 +483,8 @@ def run(config, device, out, state=None):
     print(f"train {train_acc:.2%} | test {test_acc:.2%} | {seconds:.1f} s in the epochs, "
           f"{time.perf_counter() - started:.1f} s in all\nwrote {out}: checkpoint.pt, "
           "metrics.json, curves.png, diagnostics.png, predictions.png")
-    print(f"result: test_accuracy={test_acc:.4f} val_accuracy={history[-1]['val_accuracy']} "
+    val = history[-1]["val_accuracy"]
+    print(f"result: test_accuracy={test_acc:.4f} val_accuracy={val and round(val, 4)} "
           f"train_accuracy={train_acc:.4f} train_seconds={seconds:.1f}")
     return test_acc
 
@@ -535,16 +537,9 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     config, given = resolve_config(args, parser)
-    if args.blank or args.yours:
-        if args.blank:
-            tasks = your_turn_tasks(common.make_generator(0))
-            print(common.blank_source(BLANK_HEADER, [t[1] for t in tasks]))
-            return 0
-        print(f"checking {args.yours}: against this lesson's functions and central differences")
-        ok = common.check_functions(common.load_yours(args.yours),
-                                    your_turn_tasks(common.make_generator(args.seed)))
-        print("all correct" if ok else "not yet: fix the first function that is not ok")
-        return 0 if ok else 1
+    status = common.your_turn(args, BLANK_HEADER, your_turn_tasks)
+    if status is not None:
+        return status
     if args.eval:
         state = load_checkpoint(args.eval)
         X_test, y_test = common.load_mnist(device=args.device)[2:]

@@ -13,13 +13,13 @@ arguments, so any of them can be copied into another project with what its Needs
 import argparse
 import gzip
 import hashlib
-import importlib.util
 import inspect
 import io
 import json
 import math
 import os
 import pickle
+import runpy
 import struct
 import subprocess
 import sys
@@ -283,11 +283,10 @@ def load_mnist(root=None, device="cpu", sources=MNIST_SOURCES):
     if os.environ.get(UNVERIFIED_ENV, "") not in ("1", "true", "yes"):
         verify_mnist(raw_dir)
     X_train, y_train, X_test, y_test = (read_idx(raw_dir / name) for name in MNIST_FILES)
-    if len(X_train) != len(y_train) or len(X_test) != len(y_test) or X_train.shape[1:] != (28, 28):
-        raise ValueError(f"{raw_dir} holds images and labels that do not pair up as 28x28 "
-                         "images with one label each; put the original files back.")
-    if max(y_train.max(), y_test.max()) > 9:
-        raise ValueError(f"{raw_dir} holds a label above 9; put the original files back.")
+    if (len(X_train), len(X_test), X_train.shape[1:], X_test.shape[1:]) != (
+            len(y_train), len(y_test), (28, 28), (28, 28)) or max(y_train.max(), y_test.max()) > 9:
+        raise ValueError(f"{raw_dir} does not hold 28x28 images, each with a label from 0 to 9; "
+                         "put the original files back.")
     return (X_train.to(device).reshape(len(X_train), -1).float() / 255,  # (N, 784)
             y_train.to(device, torch.int64),
             X_test.to(device).reshape(len(X_test), -1).float() / 255,
@@ -337,26 +336,20 @@ def accuracy(logits, y):
 
 # ----------------------------------------------------------------------------- devices, flags
 
-def mps_available():
-    """Whether this torch has Apple's MPS backend and this machine can use it.
-
-    Needs: torch
-    """
-    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-
-
 def device_type(name):
     """An argparse type: "auto", "cpu", "cuda", "cuda:N" or "mps" -> torch.device present here.
 
     "auto" picks CUDA, then Apple's MPS, then the CPU.
-    Needs: argparse, mps_available, torch
+    Needs: argparse, torch
     """
+    present = {"cpu": True, "cuda": torch.cuda.is_available(),
+               "mps": torch.backends.mps.is_available()}
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
+        name = "cuda" if present["cuda"] else "mps" if present["mps"] else "cpu"
     kind = name.split(":")[0]
-    if kind not in ("cpu", "cuda", "mps"):
+    if kind not in present:
         raise argparse.ArgumentTypeError(f"use auto, cpu, cuda, cuda:N or mps, got {name!r}")
-    if (kind == "cuda" and not torch.cuda.is_available()) or (kind == "mps" and not mps_available()):
+    if not present[kind]:
         raise argparse.ArgumentTypeError(f"this torch sees no {kind} device here; use cpu or auto")
     return torch.device(name)
 
@@ -626,20 +619,44 @@ def blank_source(header, functions):
     return "".join(parts)
 
 
-def load_yours(path):
-    """Run the learner's file as a module -> the module; a file that does not run -> ValueError.
+def add_your_turn(parser):
+    """Every lesson's exercise flags: --blank and --yours FILE.
 
-    Needs: importlib, Path
+    Needs: nothing
     """
-    spec = importlib.util.spec_from_file_location("yours", Path(path))
-    if spec is None or not Path(path).is_file():
-        raise ValueError(f"{path} is not a Python file; write one with --blank first.")
-    module = importlib.util.module_from_spec(spec)
+    parser.add_argument("--blank", action="store_true", help="print the functions you write")
+    parser.add_argument("--yours", metavar="FILE", help="check your functions in FILE")
+
+
+def your_turn(args, header, tasks, functions=None):
+    """--blank prints the file to fill in, --yours FILE checks it -> exit status; else None.
+
+    tasks(generator) -> [(name, reference, cases)]; the blank holds functions, by default the
+    tasks' references.
+    Needs: blank_source, check_functions, load_yours, make_generator
+    """
+    if args.blank:
+        print(blank_source(header, functions or [t[1] for t in tasks(make_generator(0))]))
+        return 0
+    if not args.yours:
+        return None
+    print(f"checking {args.yours}: each function against the lesson's own and against central "
+          "differences (float64)")
+    ok = check_functions(load_yours(args.yours), tasks(make_generator(args.seed)))
+    print("all correct" if ok else "not yet: fix the first function that is not ok, then run "
+          "this again")
+    return 0 if ok else 1
+
+
+def load_yours(path):
+    """Run the learner's file -> its names and functions, a dict; a file that fails -> ValueError.
+
+    Needs: runpy
+    """
     try:
-        spec.loader.exec_module(module)
-    except Exception as err:
+        return runpy.run_path(str(path), run_name="yours")
+    except Exception as err:  # the learner's mistake, said in one line: no traceback to read
         raise ValueError(f"{path} does not run: {type(err).__name__}: {err}") from None
-    return module
 
 
 def central_differences(loss, at, k, eps):
@@ -734,7 +751,7 @@ def check_case(mine, reference, case, tolerance=1e-6):
 
 
 def check_functions(yours, tasks, say=print):
-    """Check each task's function from yours (a module or namespace) -> True when all are ok.
+    """Check each task's function from yours (a dict of names) -> True when all are ok.
 
     tasks: [(name, reference function, [cases])], smallest first; one line per function:
     ok, not written yet, or wrong with its largest relative error and a hint.
@@ -744,7 +761,7 @@ def check_functions(yours, tasks, say=print):
     for name, reference, cases in tasks:
         fallback = ("compare it with its derivation" if all_ok else
                     "it calls the functions above: fix those first")
-        mine = getattr(yours, name, None)
+        mine = yours.get(name)
         torch.set_num_threads(1)  # thousands of tiny tensors: threads would only wait on each other
         try:
             rows = ([(name, "missing", None, None)] if mine is None else

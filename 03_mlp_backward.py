@@ -130,37 +130,43 @@ def notebook_softmax_cross_entropy_backward(logits, y):
 # own file gets), a walk through the shapes, backprop on a small graph, and the exercises.
 
 def your_turn_tasks(generator):
-    """The backward functions, smallest first, each with float64 cases whose sizes all differ.
+    """The backward functions, smallest first, each on float64 cases: B 7, and no two sizes equal.
 
-    Needs: relu_backward, linear_backward, softmax_cross_entropy_backward, mlp_backward, relu (02),
-        cross_entropy (02), init_params (02), mlp_forward (02), relu_hint, bias_hint, rows_hint,
-        torch
+    Needs: relu_backward, linear_backward, softmax_cross_entropy_backward, mlp_backward_from,
+        mlp_backward, relu (02), cross_entropy (02), init_params (02), mlp_forward (02), relu_hint,
+        bias_hint, rows_hint, layers_hint, torch
     """
     def randn(*shape, scale=1.0):
         return scale * torch.randn(*shape, generator=generator, dtype=torch.float64)
-    z, dh = randn(5, 4), randn(5, 4)  # B 5, U 4
-    relu_case = {"args": (dh, relu(z)), "names": ("dz",), "B": 5, "hint": relu_hint,
+    z, dh = randn(7, 4), randn(7, 4)  # B 7, U 4
+    relu_case = {"args": (dh, relu(z)), "names": ("dz",), "B": 7, "hint": relu_hint,
                  "at": (z,), "loss": lambda z: (relu(z) * dh).sum()}
-    dz, h, W, b = randn(5, 3), randn(5, 4), randn(4, 3), randn(3)  # B 5, I 4, O 3
-    linear_case = {"args": (dz, h, W), "names": ("dh", "dW", "db"), "B": 5, "hint": bias_hint,
+    dz, h, W, b = randn(7, 3), randn(7, 4), randn(4, 3), randn(3)  # B 7, I 4, O 3
+    linear_case = {"args": (dz, h, W), "names": ("dh", "dW", "db"), "B": 7, "hint": bias_hint,
                    "at": (h, W, b), "loss": lambda h, W, b: ((h @ W + b) * dz).sum()}
-    y = torch.randint(0, 3, (5,), generator=generator)
-    softmax_cases = [{"args": (logits, y), "names": ("delta_n",), "B": 5, "hint": rows_hint,
-                      "at": (logits,), "loss": lambda z: cross_entropy(z, y), "eps": eps}
-                     for logits, eps in ((randn(5, 3, scale=3), 1e-6),  # and logits near 800,
-                                         (randn(5, 3, scale=3) + 800, 1e-6))]  # past exp's 709
-    mlp_cases = []
-    for sizes in ([6, 3], [6, 5, 3], [6, 5, 4, 3]):  # depths 1-3, batch 7
+    y = torch.randint(0, 3, (7,), generator=generator)
+    softmax_cases = [{"args": (logits, y), "names": ("delta_n",), "B": 7, "hint": rows_hint,
+                      "at": (logits,), "loss": lambda z: cross_entropy(z, y)}
+                     for logits in (randn(7, 3, scale=3), randn(7, 3, scale=3) + 800)]  # > 709
+    from_cases, mlp_cases = [], []
+    for sizes, largest in (([6, 3], None), ([6, 5, 3], None), ([6, 5, 4, 3], None),
+                           ([6, 5, 4, 3], 800.0)):  # depths 1-3, then logits past exp's 709
         params = tuple(p if p.dim() == 2 else randn(*p.shape, scale=0.1)  # biases not 0
                        for p in init_params(sizes, generator, dtype=torch.float64))
         x, y7 = randn(7, sizes[0]), torch.randint(0, 3, (7,), generator=generator)
-        mlp_cases.append({"args": (params, mlp_forward(params, x)[1], y7), "B": 7,
-                          "names": [f"d{'Wb'[k % 2]}{k // 2 + 1}" for k in range(len(params))],
-                          "at": params,
-                          "loss": lambda *ps, x=x, y=y7: cross_entropy(mlp_forward(ps, x)[0], y)})
+        if largest:  # a ReLU network is nearly linear in its input: scale it up to the logits
+            x = x * largest / mlp_forward(params, x)[0].abs().max()
+        logits, cache = mlp_forward(params, x)
+        case = {"args": (params, cache, y7), "B": 7, "at": params, "rows_hint": layers_hint,
+                "names": [f"d{'Wb'[k % 2]}{k // 2 + 1}" for k in range(len(params))],
+                "loss": lambda *ps, x=x, y=y7: cross_entropy(mlp_forward(ps, x)[0], y)}
+        mlp_cases.append(case)
+        from_cases.append(dict(case, args=(params, cache,
+                                           softmax_cross_entropy_backward(logits, y7))))
     return [("relu_backward", relu_backward, [relu_case]),
             ("linear_backward", linear_backward, [linear_case]),
             ("softmax_cross_entropy_backward", softmax_cross_entropy_backward, softmax_cases),
+            ("mlp_backward_from", mlp_backward_from, from_cases),
             ("mlp_backward", mlp_backward, mlp_cases)]
 
 
@@ -193,9 +199,23 @@ def rows_hint(mine, want, args):
 
     Needs: nothing
     """
-    if mine.sum(dim=1).abs().max() > 1e-9:
+    rows = mine.sum(dim=1)  # (B,)
+    if (rows - 1 / len(rows)).abs().max() < 1e-9:
+        return "each row sums to 1/B, not 0: the one-hot Y is missing (step 17)"
+    if rows.abs().max() > 1e-9:
         return ("each row of delta_n must sum to 0: a softmax output depends on every logit of "
                 "its row, so the Jacobian's off-diagonal terms count (steps 6-17)")
+    return None
+
+
+def layers_hint(rows):
+    """The recursion's pattern: the last layer right and the ones below it wrong.
+
+    Needs: nothing
+    """
+    if all(r[1] == "ok" for r in rows[-2:]):
+        return ("the last layer is right and the layers below are wrong: check what is carried "
+                "down between layers, dL/dH and the ReLU's mask (steps 34-35)")
     return None
 
 
@@ -350,18 +370,20 @@ BUGS = {  # name: (the bug, the function it replaces, why it breaks what it brea
 
 BLANK_HEADER = '''"""Your backward functions for lesson 03. Fill in each body, then check them with
     python 03_mlp_backward.py --yours mine.py
-which checks each against the lesson's own and against central differences, smallest first.
-Derive each on paper first in docs/03_mlp_backward.md: the step numbers are in the docstrings.
+which checks each against the lesson's own and against central differences, in this order:
+relu_backward, linear_backward, softmax_cross_entropy_backward, then the recursion. Derive each
+on paper first in docs/03_mlp_backward.md: the step numbers are in the docstrings.
 """
 import importlib
 
 import torch
 
-softmax = importlib.import_module("02_mlp_forward").softmax  # given: lesson 02's
-one_hot = importlib.import_module("03_mlp_backward").one_hot  # given: Y from the labels y
+# given: softmax(logits (B, C)) -> P (B, C), and one_hot(y (B,), C, dtype) -> Y (B, C)
+softmax = importlib.import_module("02_mlp_forward").softmax
+one_hot = importlib.import_module("03_mlp_backward").one_hot
 '''
 YOURS = (relu_backward, linear_backward, softmax_cross_entropy_backward, mlp_backward_from,
-         mlp_backward)
+         mlp_backward)  # checked in this order, smallest first
 
 
 def source_with_bug(name):
@@ -404,7 +426,7 @@ def main(argv=None):
             print(f"checking the backward pass with the bug {args.bug}: each function against "
                   "the lesson's own and central differences (float64)")
             common.check_functions(common.load_yours(Path(folder) / "bug.py"),
-                                   your_turn_tasks(generator))
+                                   your_turn_tasks(generator), hints=args.explain)
         print(f"\nwhy: {BUGS[args.bug][2]}" if args.explain else
               "\n(predict why these outputs break, then run it again with --explain)")
         return 1  # the check failed, as it must: tests/test_exercises.py

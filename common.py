@@ -24,6 +24,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import traceback
 import zipfile
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -713,9 +714,10 @@ def check_case(mine, reference, case, tolerance=1e-6):
 
     case: "args" for the function; "names" of its outputs (flattened); "B" the batch size;
     "loss" and "at": the outputs are d loss(*at) / d at[k], so they must match both the
-    reference and central differences (step "eps"); without "loss", the reference alone. "hint"
-    (optional): (mine, want, args) -> words for a pattern this function's bugs leave.
-    Needs: central_differences, relative_error, diagnose, math, torch
+    reference and central differences (step "eps"); without "loss", the reference alone.
+    Optional: "hint", (mine, want, args) -> words for a pattern one output's error leaves, and
+    "rows_hint", (rows) -> words for a pattern across the outputs.
+    Needs: central_differences, relative_error, diagnose, torch, traceback
     """
     def flat(out):
         return [t for o in out for t in flat(o)] if isinstance(out, (tuple, list)) else [out]
@@ -727,34 +729,44 @@ def check_case(mine, reference, case, tolerance=1e-6):
         got = flat(mine(*copied(case["args"])))
     except NotImplementedError:
         return [(case["names"][0], "not written yet", None, None)]
-    except Exception as err:
-        return [(case["names"][0], "wrong", math.inf, f"it raised {type(err).__name__}: {err}")]
+    except Exception as err:  # say where in the learner's file, and what
+        where = " -> ".join(f"line {f.lineno} ({f.line})" for f in traceback.extract_tb(
+            err.__traceback__) if f.filename == mine.__code__.co_filename)
+        return [(case["names"][0], "wrong", None,
+                 f"it raised {type(err).__name__}{' at ' + where if where else ''}: {err}")]
     want = flat(reference(*case["args"]))
     slopes = want  # without a loss, the reference is the truth; with one, so is its slope
     if "loss" in case:
         slopes = [central_differences(case["loss"], case["at"], k, case.get("eps", 1e-6))
                   for k in range(len(case["at"]))]
     if len(got) != len(want) or not all(isinstance(m, torch.Tensor) for m in got):
-        return [(case["names"][0], "wrong", math.inf, f"it returned {len(got)} values, not the "
+        return [(case["names"][0], "wrong", None, f"it returned {len(got)} values, not the "
                  f"{len(want)} tensors {', '.join(case['names'])}")]
+    if [m.shape for m in got] != [w.shape for w in want] and sorted(
+            map(tuple, (m.shape for m in got))) == sorted(map(tuple, (w.shape for w in want))):
+        return [(case["names"][0], "wrong", None, "its outputs come in another order: return "
+                 f"them as ({', '.join(case['names'])})")]
     rows = []
     for name, m, w, s in zip(case["names"], got, want, slopes):
         m = m.to(w.dtype)
-        error = (max(relative_error(m, w), relative_error(m, s)) if m.shape == w.shape
-                 else math.inf)
-        hint = None
-        if error >= tolerance:
+        error = max(relative_error(m, w), relative_error(m, s)) if m.shape == w.shape else None
+        ok, hint = error is not None and error < tolerance, None
+        if not ok:
             hint = ((m.shape == w.shape and case.get("hint", lambda *a: None)(m, w, case["args"]))
                     or diagnose(m, w, case["B"]))
-        rows.append((name, "ok" if error < tolerance else "wrong", error, hint))
+            hint = hint and (f"{name}: {hint}" if len(case["names"]) > 1 else hint)
+        rows.append((name, "ok" if ok else "wrong", error, hint))
+    if "rows_hint" in case:  # a pattern across the outputs, e.g. which layers are wrong
+        rows = [(n, s, e, h or (s != "ok" and case["rows_hint"](rows)) or None)
+                for n, s, e, h in rows]
     return rows
 
 
-def check_functions(yours, tasks, say=print):
+def check_functions(yours, tasks, hints=True, say=print):
     """Check each task's function from yours (a dict of names) -> True when all are ok.
 
     tasks: [(name, reference function, [cases])], smallest first; one line per function:
-    ok, not written yet, or wrong with its largest relative error and a hint.
+    ok, not written yet, or wrong with its largest relative error and (with hints) a hint.
     Needs: check_case, math, torch
     """
     all_ok, threads = True, torch.get_num_threads()
@@ -775,9 +787,10 @@ def check_functions(yours, tasks, say=print):
         elif bad[0][1] in ("not written yet", "missing"):
             say(f"  {name:<34} {bad[0][1]}")
         else:
-            wrong = ", ".join(dict.fromkeys(r[0] for r in bad))
-            worst = max(r[2] for r in bad)
-            hint = next((r[3] for r in bad if r[3]), fallback)
-            shown = "not finite" if math.isinf(worst) else f"{worst:.2g}"
-            say(f"  {name:<34} WRONG  {wrong} (relative error {shown}): {hint}")
+            measured = [r for r in bad if r[2] is not None]  # not those that raised
+            worst = max([r[2] for r in measured], default=0)
+            parts = [f"{', '.join(dict.fromkeys(r[0] for r in measured))} (relative error "
+                     f"{'not finite' if math.isinf(worst) else f'{worst:.2g}'})"] if measured else []
+            parts += [next((r[3] for r in bad if r[3]), fallback)] if hints or not parts else []
+            say(f"  {name:<34} WRONG  " + ": ".join(parts))
     return all_ok

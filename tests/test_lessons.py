@@ -32,7 +32,7 @@ def test_lesson_02_builds_the_network_and_keeps_the_scale(capsys):
 def test_lesson_03_checks_walks_and_runs_backprop_on_a_graph(capsys):
     assert run("03_mlp_backward") == 0
     out = capsys.readouterr().out
-    assert out.count(" ok\n") == 4 and "delta_1           100x512" in out
+    assert out.count(" ok\n") == 5 and "delta_1           100x512" in out
     assert "central differences agree: 2.000, 3.000, 1.000" in out
 
 

@@ -96,9 +96,9 @@ def mlp_forward(params, x):
     Needs: linear_forward, relu
     """
     cache = [x]
-    for W, b in zip(params[:-2:2], params[1:-2:2]):
-        cache.append(relu(linear_forward(cache[-1], W, b)))  # H_l (B, d_l)
-    logits = linear_forward(cache[-1], params[-2], params[-1])  # Z_n (B, C)
+    for l in range(len(params) // 2 - 1):  # hidden layer l + 1: W, b = params[2l], params[2l + 1]
+        cache.append(relu(linear_forward(cache[-1], params[2 * l], params[2 * l + 1])))  # H_l
+    logits = linear_forward(cache[-1], params[-2], params[-1])  # Z_n (B, C), no ReLU
     return logits, (*cache, logits)
 
 

@@ -8,9 +8,9 @@ After this lesson you can write the loop that trains a network, one pure step at
 buys (momentum, a learning-rate schedule, batch size, augmentation, weight decay, label
 smoothing: --ablation measures each), and read a run's health off its diagnostics.
 
+    python 04_train_mnist.py --overfit-batch     # the first check: can the step learn at all?
     python 04_train_mnist.py                     # the default recipe, ~99.2 % test
     python 04_train_mnist.py --preset notebook   # the notebook's plain SGD, ~96.5 % test
-    python 04_train_mnist.py --overfit-batch     # the first check when a network won't learn
     python 04_train_mnist.py --resume            # continue runs/default/ after a stop
     python 04_train_mnist.py --eval runs/default/checkpoint.pt
     python 04_train_mnist.py --blank > mine.py   # your turn: label smoothing's gradient,
@@ -65,7 +65,7 @@ def train_step(params, velocity, x, y, lr, momentum=0.0, weight_decay=0.0, smoot
 
 def train_epoch(params, velocity, X, y, config, generator, first_step, total_steps):
     """One shuffled pass over X (N, D), y (N,) -> (params, velocity, mean step loss, the params
-    before the last step). Each batch is freshly distorted (augment), then stepped.
+    before and after the epoch's middle step). Each batch is freshly distorted, then stepped.
 
     Needs: minibatches (common), augment, learning_rate, train_step, torch, tqdm
     """
@@ -78,7 +78,9 @@ def train_epoch(params, velocity, X, y, config, generator, first_step, total_ste
             params, velocity, xb, yb, learning_rate(config, first_step + s, total_steps),
             config["momentum"], config["weight_decay"], config["smoothing"])
         losses.append(loss)  # left on the device: read back once, at the end
-    return params, velocity, torch.stack(losses).mean().item(), before
+        if s == bar.total // 2:
+            middle = (before, params)  # one step's update, for the diagnostics
+    return params, velocity, torch.stack(losses).mean().item(), middle
 
 
 def fit(config, data, generator, state=None, on_epoch=None, log=print):
@@ -102,7 +104,7 @@ def fit(config, data, generator, state=None, on_epoch=None, log=print):
     probe = (X_val if len(X_val) else X_train)[:1000]  # a fixed batch for the diagnostics
     for epoch in range(len(history) + 1, config["epochs"] + 1):
         tic = time.perf_counter()
-        params, velocity, loss, before = train_epoch(params, velocity, X_train, y_train, config,
+        params, velocity, loss, middle = train_epoch(params, velocity, X_train, y_train, config,
                                                      generator, (epoch - 1) * steps,
                                                      config["epochs"] * steps)
         if not (math.isfinite(loss) and all_finite(params)):
@@ -111,9 +113,9 @@ def fit(config, data, generator, state=None, on_epoch=None, log=print):
         val_loss, val_acc = evaluate(params, X_val, y_val)
         history.append({"epoch": epoch, "loss": loss, "val_loss": val_loss,
                         "val_accuracy": val_acc, "seconds": time.perf_counter() - tic,
-                        "diagnostics": diagnostics(before, params, probe)})
+                        "diagnostics": diagnostics(*middle, probe)})
         val = "" if val_acc is None else f" | val {val_acc:6.2%}"
-        log(f"epoch {epoch:>3}/{config['epochs']} | loss {loss:.4f}{val} | "
+        log(f"epoch {epoch:>3}/{config['epochs']} | train loss {loss:.4f}{val} | "
             f"{history[-1]['seconds']:5.1f} s")
         if on_epoch:
             on_epoch(params, velocity, history)
@@ -134,7 +136,7 @@ def momentum_step(params, velocity, grads, lr, momentum):
     """v <- momentum v + g, then p <- p - lr v -> (new params, new velocity).
 
     On a steady gradient v tends to g / (1 - momentum): the effective step is lr / (1 -
-    momentum) (docs/04, section 1). Derive it, then write it: --blank.
+    momentum) (docs/04, section 1).
     Needs: torch
     """
     velocity = tuple(torch.add(g, v, alpha=momentum) for v, g in zip(velocity, grads))
@@ -265,21 +267,22 @@ def all_finite(tensors):
     return bool(torch.stack([t.isfinite().all() for t in tensors]).all())
 
 
-def overfit_batch(config, X, y, generator, target=0.01, max_steps=500):
-    """Train on one fixed batch, no augmentation or smoothing, until its loss < target -> steps
-    taken, or None: a network that cannot learn one batch has a bug in its step.
+def overfit_batch(hidden, X, y, generator, lr=0.1, momentum=0.9, target=0.01, max_steps=500):
+    """Train a fresh network on one fixed batch X (B, 784), y (B,), nothing else (no augmentation,
+    smoothing or decay), until its loss < target -> the steps taken, or None. A correct step
+    gets there in dozens of steps; one that cannot has a bug in its gradient or its update.
 
-    Needs: init_params (02), init_velocity, train_step
+    Needs: init_params (02), init_velocity, train_step, cross_entropy (02), mlp_forward (02)
     """
-    params = init_params([784, *config["hidden"], 10], generator, device=X.device)
+    params = init_params([784, *hidden, 10], generator, device=X.device)
     velocity = init_velocity(params)
-    for step in range(1, max_steps + 1):
-        params, velocity, loss = train_step(params, velocity, X, y, config["lr"],
-                                            config["momentum"])
-        if step % 25 == 0 or loss.item() < target:
-            print(f"step {step:>3} | loss on the batch {loss.item():.4f}")
-            if loss.item() < target:
-                return step
+    for step in range(max_steps + 1):
+        loss = cross_entropy(mlp_forward(params, X)[0], y).item()  # before step + 1
+        if step & (step - 1) == 0 or loss < target:  # steps 0, 1, 2, 4, 8, ... and the last
+            print(f"after {step:>3} steps | loss on the batch {loss:.4f}")
+        if loss < target:
+            return step
+        params, velocity, _ = train_step(params, velocity, X, y, lr, momentum)
     return None
 
 
@@ -438,7 +441,7 @@ def load_checkpoint(path):
 def run(config, device, out, state=None):
     """Train config into out/ (checkpoint and metrics after every epoch, pictures at the end).
 
-    Needs: common, fit, save_checkpoint, evaluate, predict, time
+    Needs: common, fit, save_checkpoint, evaluate, predict, time, math
     """
     started = time.perf_counter()
     X_all, y_all, X_test, y_test = (t[:config["limit"]] for t in common.load_mnist(device=device))
@@ -476,7 +479,9 @@ def run(config, device, out, state=None):
     record(history, "finished", train_accuracy=train_acc, test_accuracy=test_acc,
            test_loss=test_loss, train_seconds=seconds)
     title = f"{config['preset']} (seed {config['seed']}): test {test_acc:.2%}"
-    common.plot_curves(history, out / "curves.png", title)
+    top, rest = 1 - config["smoothing"] * 0.9, config["smoothing"] / 10  # Y_s's entries, C = 10
+    floor = -top * math.log(top) - 9 * rest * math.log(rest) if rest else None  # docs/04, step 20
+    common.plot_curves(history, out / "curves.png", title, floor)
     common.plot_diagnostics(history, out / "diagnostics.png", title)
     common.plot_digits(X_test.cpu(), y_test.cpu(), predict(params, X_test).argmax(1).cpu(),
                        out / "predictions.png", title)
@@ -550,10 +555,12 @@ def main(argv=None):
         return 0
     if args.overfit_batch:
         X, y = common.load_mnist(device=args.device)[:2]
-        steps = overfit_batch(config, X[:config["batch_size"]], y[:config["batch_size"]],
-                              common.make_generator(args.seed))
+        print(f"one batch of {config['batch_size']} digits, lr 0.1, momentum 0.9; the loss "
+              f"starts near ln 10 = 2.30 (lesson 02)")
+        steps = overfit_batch(config["hidden"], X[:config["batch_size"]],
+                              y[:config["batch_size"]], common.make_generator(args.seed))
         print(f"fitted one batch of {config['batch_size']} in {steps} steps: the step can learn"
-              if steps else "could not fit one batch: look for a bug in the step or the lr")
+              if steps else "could not fit one batch in 500 steps: look for a bug in the step")
         return 0 if steps else 1
     common.keep_freed_memory()
     out = args.out or common.writable_dir(Path(__file__).resolve().parent / "runs" /

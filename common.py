@@ -535,22 +535,27 @@ def save_figure(fig, path):
     return atomic_write(path, buffer.getvalue())
 
 
-def plot_curves(history, path, title):
-    """Training loss, validation loss and accuracy by epoch (history: lesson 04's records).
+def plot_curves(history, path, title, floor=None):
+    """Training loss, validation loss and accuracy by epoch (history: lesson 04's records);
+    floor: the lowest training loss possible, drawn dashed.
 
     Needs: pyplot, save_figure
     """
     fig, (ax1, ax2) = pyplot().subplots(1, 2, figsize=(9, 3.4))
     epochs = [h["epoch"] for h in history]
-    ax1.plot(epochs, [h["loss"] for h in history], "o-", ms=3, label="training (smoothed, augmented)")
+    ax1.plot(epochs, [h["loss"] for h in history], "o-", ms=3,
+             label="training: smoothed targets, distorted digits")
+    if floor:
+        ax1.axhline(floor, color="gray", ls=":", label=f"its floor, {floor:.3f} (docs/04, sec. 4)")
     if history[0]["val_loss"] is not None:
         ax1.plot(epochs, [h["val_loss"] for h in history], "s--", ms=3, label="validation")
         ax2.plot(epochs, [100 * h["val_accuracy"] for h in history], "o-", ms=3, color="C2")
     ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax2.set(xlabel="epoch", ylabel="%", title="validation accuracy")
-    ax1.legend()
+    ax1.legend(fontsize=8)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -563,7 +568,7 @@ def plot_diagnostics(history, path, title):
     """
     fig, axes = pyplot().subplots(1, 3, figsize=(12, 3.4))
     epochs = [h["epoch"] for h in history]
-    panels = (("update_ratio", "log10 |lr v| / |W|", "update / weight (about -3 is healthy)"),
+    panels = (("update_ratio", "log10 |lr v| / |W|", "update / weight, mid-epoch (falls with lr)"),
               ("dead", "share of units", "ReLUs that never fire (fixed batch)"),
               ("rms", "rms of H_l", "activation scale"))
     for ax, (key, label, name) in zip(axes, panels):
@@ -572,6 +577,7 @@ def plot_diagnostics(history, path, title):
         ax.set(xlabel="epoch", ylabel=label, title=name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -641,8 +647,8 @@ def your_turn(args, header, tasks, functions=None):
         return 0
     if not args.yours:
         return None
-    print(f"checking {args.yours}: each function against the lesson's own and against central "
-          "differences (float64)")
+    print(f"checking {args.yours}: each function against the lesson's own, and each gradient "
+          "against central differences (float64)")
     ok = check_functions(load_yours(args.yours), tasks(make_generator(args.seed)))
     print("all correct" if ok else "not yet: fix the first function that is not ok, then run "
           "this again")
@@ -783,14 +789,14 @@ def check_functions(yours, tasks, hints=True, say=print):
         bad = [r for r in rows if r[1] != "ok"]
         all_ok = all_ok and not bad
         if not bad:
-            say(f"  {name:<34} ok")
+            say(f"   {name:<34} ok")
         elif bad[0][1] in ("not written yet", "missing"):
-            say(f"  {name:<34} {bad[0][1]}")
+            say(f"   {name:<34} {bad[0][1]}")
         else:
             measured = [r for r in bad if r[2] is not None]  # not those that raised
             worst = max([r[2] for r in measured], default=0)
             parts = [f"{', '.join(dict.fromkeys(r[0] for r in measured))} (relative error "
                      f"{'not finite' if math.isinf(worst) else f'{worst:.2g}'})"] if measured else []
             parts += [next((r[3] for r in bad if r[3]), fallback)] if hints or not parts else []
-            say(f"  {name:<34} WRONG  " + ": ".join(parts))
+            say(f"   {name:<34} WRONG  " + ": ".join(parts))
     return all_ok

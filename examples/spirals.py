@@ -24,6 +24,7 @@ def init_params(sizes, generator=None, dtype=torch.float32, device="cpu"):
         params += [W.to(device), torch.zeros(fan_out, dtype=dtype, device=device)]
     return tuple(params)
 
+
 def linear_forward(h, W, b):
     """h (B, I), W (I, O), b (O,) -> Z = h W + b (B, O); b is added to every row.
 
@@ -31,12 +32,14 @@ def linear_forward(h, W, b):
     """
     return h @ W + b
 
+
 def relu(z):
     """z (B, N) -> H = max(z, 0) (B, N).
 
     Needs: nothing
     """
     return z.clamp(min=0)
+
 
 def softmax(logits):
     """logits (B, C) -> probabilities P (B, C), each row summing to 1.
@@ -48,6 +51,7 @@ def softmax(logits):
     e = (logits - logits.max(dim=1, keepdim=True).values).exp()  # (B, C), in (0, 1]
     return e / e.sum(dim=1, keepdim=True)
 
+
 def log_softmax(logits):
     """logits (B, C) -> log P (B, C) = shifted - log(sum(exp(shifted))), finite for any logits.
 
@@ -55,6 +59,7 @@ def log_softmax(logits):
     """
     shifted = logits - logits.max(dim=1, keepdim=True).values  # (B, C), each row's max is 0
     return shifted - shifted.exp().sum(dim=1, keepdim=True).log()
+
 
 def cross_entropy(logits, y):
     """Mean over the batch of -log P[b, y_b]: logits (B, C), labels y (B,) int64 -> scalar.
@@ -66,16 +71,18 @@ def cross_entropy(logits, y):
     """
     return -log_softmax(logits).gather(1, y.unsqueeze(1)).mean()
 
+
 def mlp_forward(params, x):
     """params (W1, b1, ..., Wn, bn), x (B, D) -> logits Z_n (B, C), cache (H_0, ..., H_{n-1}, Z_n).
 
     Needs: linear_forward, relu
     """
     cache = [x]
-    for W, b in zip(params[:-2:2], params[1:-2:2]):
-        cache.append(relu(linear_forward(cache[-1], W, b)))  # H_l (B, d_l)
-    logits = linear_forward(cache[-1], params[-2], params[-1])  # Z_n (B, C)
+    for l in range(len(params) // 2 - 1):  # hidden layer l + 1: W, b = params[2l], params[2l + 1]
+        cache.append(relu(linear_forward(cache[-1], params[2 * l], params[2 * l + 1])))  # H_l
+    logits = linear_forward(cache[-1], params[-2], params[-1])  # Z_n (B, C), no ReLU
     return logits, (*cache, logits)
+
 
 def one_hot(y, n_classes, dtype):
     """Labels y (B,) int64 in [0, n_classes) -> Y (B, n_classes) of dtype: 1 at [b, y_b].
@@ -86,6 +93,7 @@ def one_hot(y, n_classes, dtype):
     return torch.zeros(len(y), n_classes, dtype=dtype, device=y.device).scatter_(
         1, y.unsqueeze(1), 1.0)
 
+
 def softmax_cross_entropy_backward(logits, y):
     """delta_n = dL/dZ_n (B, C) of cross_entropy (02); logits Z_n (B, C), labels y (B,) int64.
 
@@ -94,6 +102,7 @@ def softmax_cross_entropy_backward(logits, y):
     """
     B, C = logits.shape
     return (softmax(logits) - one_hot(y, C, logits.dtype)) / B
+
 
 def linear_backward(dz, h, W, need_dh=True):
     """Z = H W + b: dz = dL/dZ (B, O), h = H (B, I), W (I, O) -> dh (B, I), dW (I, O), db (O,).
@@ -106,6 +115,7 @@ def linear_backward(dz, h, W, need_dh=True):
     dh = dz @ W.T if need_dh else None  # (B, O) @ (O, I) = (B, I), step 26
     return dh, dW, db
 
+
 def relu_backward(dh, h):
     """H = relu(Z): dh = dL/dH (B, U), h = H (B, U) -> dz = dL/dZ (B, U).
 
@@ -113,6 +123,7 @@ def relu_backward(dh, h):
     Needs: nothing
     """
     return dh * (h > 0)
+
 
 def mlp_backward_from(params, cache, dlogits):
     """Carry dlogits = delta_n (B, C) back through the layers -> (dW1, db1, ..., dWn, dbn).
@@ -124,10 +135,12 @@ def mlp_backward_from(params, cache, dlogits):
     grads = [None] * len(params)
     dz = dlogits  # delta_l of the layer we are at, starting with the last
     for i in reversed(range(len(params) // 2)):  # layer l = i + 1: W_l = params[2i], H_{l-1} = cache[i]
-        dh, grads[2 * i], grads[2 * i + 1] = linear_backward(dz, cache[i], params[2 * i], i > 0)
+        dh, grads[2 * i], grads[2 * i + 1] = linear_backward(dz, cache[i], params[2 * i],
+                                                             need_dh=i > 0)
         if i > 0:
             dz = relu_backward(dh, cache[i])  # delta_{l-1}, through the ReLU that made H_{l-1}
     return tuple(grads)
+
 
 def mlp_backward(params, cache, y):
     """Gradients of the mean cross-entropy -> (dW1, db1, ..., dWn, dbn), shaped like params.
@@ -137,6 +150,7 @@ def mlp_backward(params, cache, y):
     """
     return mlp_backward_from(params, cache, softmax_cross_entropy_backward(cache[-1], y))
 
+
 def linear_decay(lr, step, total_steps):
     """The learning rate at step (0-based) of total_steps: lr falling linearly towards 0.
 
@@ -144,12 +158,14 @@ def linear_decay(lr, step, total_steps):
     """
     return lr * (1 - step / total_steps)
 
+
 def sgd_step(params, grads, lr):
     """One step of gradient descent -> a new tuple of p - lr * g (the inputs stay unchanged).
 
     Needs: torch
     """
     return tuple(torch.add(p, g, alpha=-lr) for p, g in zip(params, grads))
+
 
 def minibatches(X, y, batch_size, generator=None):
     """Yield (xb (b, D), yb (b,)) covering every example once, shuffled when a generator is given.
@@ -163,12 +179,14 @@ def minibatches(X, y, batch_size, generator=None):
         idx = order[i:i + batch_size]  # (b,)
         yield X[idx], y[idx]
 
+
 def accuracy(logits, y):
     """Share of rows of logits (N, C) whose largest entry is at the label y (N,), a float.
 
     Needs: nothing
     """
     return (logits.argmax(dim=1) == y).float().mean().item()
+
 
 def spirals(n_per_class, generator):
     """Three interleaved spirals of 2-D points -> X (3 n, 2), y (3 n,) int64 in {0, 1, 2}."""

@@ -171,16 +171,6 @@ def plot_weights(w, path, title):
 
 # ----------------------------------------------------------------------------- your turn
 
-BLANK_HEADER = '''"""Your gradients for lesson 01. Fill in each body, then check them with
-    python 01_logistic_regression.py --yours mine.py
-Derive each on paper first: docs/01_logistic_regression.md gives the steps.
-"""
-import importlib
-
-sigmoid = importlib.import_module("01_logistic_regression").sigmoid  # given
-'''
-
-
 def your_turn_tasks(generator):
     """The functions --yours checks, smallest first, each on a float64 batch: B 7, D 5.
 
@@ -233,7 +223,7 @@ def cross_entropy_or_squared_error(X, y, batch_size, lr, seed, epochs=3, b=6.0):
 def main(argv=None):
     """Train the 9 detector, compare cross-entropy with squared error -> exit status.
 
-    Needs: common, BLANK_HEADER, your_turn_tasks, Path, is_nine, logreg_init, train, bce_with_logits,
+    Needs: common, sigmoid, your_turn_tasks, Path, is_nine, logreg_init, train, bce_with_logits,
         binary_metrics, logreg_forward, plot_weights, cross_entropy_or_squared_error
     """
     parser = common.make_parser(__doc__)
@@ -247,7 +237,7 @@ def main(argv=None):
                         default=str(Path(__file__).resolve().parent / "runs" / "01"))
     common.add_your_turn(parser)
     args = parser.parse_args(argv)
-    status = common.your_turn(args, BLANK_HEADER, your_turn_tasks)
+    status = common.your_turn(args, "01_logistic_regression", [sigmoid], your_turn_tasks)
     if status is not None:
         return status
 

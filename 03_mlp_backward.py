@@ -366,20 +366,6 @@ BUGS = {  # name: (the bug, the function it replaces, why it breaks what it brea
                            "unit on?), not of which way the gradient points."),
 }
 
-BLANK_HEADER = '''"""Your backward functions for lesson 03. Fill in each body, then check them with
-    python 03_mlp_backward.py --yours mine.py
-which checks each against the lesson's own and against central differences, in this order:
-relu_backward, linear_backward, softmax_cross_entropy_backward, then the recursion. Derive each
-on paper first in docs/03_mlp_backward.md: the step numbers are in the docstrings.
-"""
-import importlib
-
-import torch
-
-# given: softmax(logits (B, C)) -> P (B, C), and one_hot(y (B,), C, dtype) -> Y (B, C)
-softmax = importlib.import_module("02_mlp_forward").softmax
-one_hot = importlib.import_module("03_mlp_backward").one_hot
-'''
 YOURS = (relu_backward, linear_backward, softmax_cross_entropy_backward, mlp_backward_from,
          mlp_backward)  # checked in this order, smallest first
 
@@ -387,12 +373,12 @@ YOURS = (relu_backward, linear_backward, softmax_cross_entropy_backward, mlp_bac
 def source_with_bug(name):
     """The lesson's backward functions as a learner's file, one replaced by BUGS[name] -> str.
 
-    Needs: BUGS, BLANK_HEADER, YOURS
+    Needs: common, BUGS, YOURS, softmax (02), one_hot
     """
     import inspect
 
     bug, target, _ = BUGS[name]
-    parts = [BLANK_HEADER]
+    parts = [common.blank_header("03_mlp_backward", [softmax, one_hot])]
     for fn in YOURS:
         parts.append(inspect.getsource(fn) if fn.__name__ != target else
                      inspect.getsource(bug).replace(f"def {bug.__name__}(", f"def {target}(", 1))
@@ -402,7 +388,7 @@ def source_with_bug(name):
 def main(argv=None):
     """Check the backward pass, walk its shapes, run backprop on a graph -> exit status.
 
-    Needs: common, BUGS, BLANK_HEADER, YOURS, your_turn_tasks, source_with_bug, init_params (02),
+    Needs: common, BUGS, YOURS, softmax (02), one_hot, your_turn_tasks, source_with_bug, init_params (02),
         shape_walkthrough, softmax_cross_entropy_backward, notebook_softmax_cross_entropy_backward,
         backprop_on_a_graph, backprop_against_differences, torch, tempfile, Path
     """
@@ -412,7 +398,7 @@ def main(argv=None):
     parser.add_argument("--explain", action="store_true", help="with --bug: say why it breaks")
     args = parser.parse_args(argv)
     generator = common.make_generator(args.seed)
-    status = common.your_turn(args, BLANK_HEADER, your_turn_tasks, YOURS)
+    status = common.your_turn(args, "03_mlp_backward", [softmax, one_hot], your_turn_tasks, YOURS)
     if status is not None:
         return status
     if args.bug == "list":

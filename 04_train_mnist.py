@@ -227,22 +227,14 @@ def augment(x, generator, rotate=0.0, scale=0.0, shift=0.0):
 
 # ----------------------------------------------------------------------------- measuring a run
 
-def predict(params, X, chunk=10_000):
-    """Logits (N, C) for X (N, D), chunk rows at a time.
-
-    Needs: mlp_forward (02), torch
-    """
-    return torch.cat([mlp_forward(params, X[i:i + chunk])[0] for i in range(0, len(X), chunk)])
-
-
 def evaluate(params, X, y):
     """-> (mean cross-entropy, accuracy) on X (N, D), y (N,); (None, None) when N = 0.
 
-    Needs: predict, cross_entropy (02), accuracy (common)
+    Needs: mlp_forward (02), cross_entropy (02), accuracy (common)
     """
     if len(X) == 0:
         return None, None
-    logits = predict(params, X)
+    logits = mlp_forward(params, X)[0]  # (N, C)
     return cross_entropy(logits, y).item(), accuracy(logits, y)
 
 
@@ -287,19 +279,6 @@ def overfit_batch(hidden, X, y, generator, lr=0.1, momentum=0.9, target=0.01, ma
 
 
 # ----------------------------------------------------------------------------- your turn
-
-BLANK_HEADER = '''"""Your update rules for lesson 04. Fill in each body, then check them with
-    python 04_train_mnist.py --yours mine.py
-Derive each on paper first: docs/04_train_mnist.md gives the steps.
-"""
-import importlib
-
-import torch
-
-softmax = importlib.import_module("02_mlp_forward").softmax  # given: lesson 02's
-one_hot = importlib.import_module("03_mlp_backward").one_hot  # given: lesson 03's
-'''
-
 
 def your_turn_tasks(generator):
     """Label smoothing's gradient, weight decay's, the momentum update: float64 cases.
@@ -441,7 +420,7 @@ def load_checkpoint(path):
 def run(config, device, out, state=None):
     """Train config into out/ (checkpoint and metrics after every epoch, pictures at the end).
 
-    Needs: common, fit, save_checkpoint, evaluate, predict, time, math
+    Needs: common, fit, save_checkpoint, evaluate, mlp_forward (02), time, math
     """
     started = time.perf_counter()
     X_all, y_all, X_test, y_test = (t[:config["limit"]] for t in common.load_mnist(device=device))
@@ -483,7 +462,7 @@ def run(config, device, out, state=None):
     floor = -top * math.log(top) - 9 * rest * math.log(rest) if rest else None  # docs/04, step 20
     common.plot_curves(history, out / "curves.png", title, floor)
     common.plot_diagnostics(history, out / "diagnostics.png", title)
-    common.plot_digits(X_test.cpu(), y_test.cpu(), predict(params, X_test).argmax(1).cpu(),
+    common.plot_digits(X_test.cpu(), y_test.cpu(), mlp_forward(params, X_test)[0].argmax(1).cpu(),
                        out / "predictions.png", title)
     print(f"train {train_acc:.2%} | test {test_acc:.2%} | {seconds:.1f} s in the epochs, "
           f"{time.perf_counter() - started:.1f} s in all\nwrote {out}: checkpoint.pt, "
@@ -536,13 +515,14 @@ def run_ablation(args, out):
 def main(argv=None):
     """Train, resume, evaluate, overfit one batch, run the ablation, or check yours -> status.
 
-    Needs: common, build_parser, resolve_config, BLANK_HEADER, your_turn_tasks, load_checkpoint,
+    Needs: common, build_parser, resolve_config, softmax (02), one_hot (03), your_turn_tasks,
+        load_checkpoint,
         evaluate, overfit_batch, run_ablation, run, Path, sys
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     config, given = resolve_config(args, parser)
-    status = common.your_turn(args, BLANK_HEADER, your_turn_tasks)
+    status = common.your_turn(args, "04_train_mnist", [softmax, one_hot], your_turn_tasks)
     if status is not None:
         return status
     if args.eval:

@@ -614,6 +614,23 @@ def plot_digits(X, y, pred, path, title, cols=12):
 # that raises NotImplementedError); --yours imports them and checks each, smallest first,
 # against the lesson's own function and against central finite differences in float64.
 
+def blank_header(lesson, given):
+    """The top of a learner's file for lesson (its file name without .py): how to check it,
+    then an import of each function in given, with its docstring's first line -> str.
+
+    Needs: nothing
+    """
+    lines = [f'"""Your functions for {lesson}.py. Derive each on paper first, with',
+             f"docs/{lesson}.md (each docstring names its steps); fill in its body; then check",
+             f"them, smallest first, with: python {lesson}.py --yours mine.py", '"""',
+             "import importlib", "", "import torch", ""]
+    for fn in given:  # a lesson run as a script is __main__: name its file instead
+        module = lesson if fn.__module__ == "__main__" else fn.__module__
+        lines += [f"# given: {fn.__name__}: {fn.__doc__.splitlines()[0]}",
+                  f'{fn.__name__} = importlib.import_module("{module}").{fn.__name__}']
+    return "\n".join(lines) + "\n"
+
+
 def blank_source(header, functions):
     """The file a learner fills in: header, then each function with its body left out -> str.
 
@@ -635,15 +652,16 @@ def add_your_turn(parser):
     parser.add_argument("--yours", metavar="FILE", help="check your functions in FILE")
 
 
-def your_turn(args, header, tasks, functions=None):
+def your_turn(args, lesson, given, tasks, functions=None):
     """--blank prints the file to fill in, --yours FILE checks it -> exit status; else None.
 
-    tasks(generator) -> [(name, reference, cases)]; the blank holds functions, by default the
-    tasks' references.
-    Needs: blank_source, check_functions, load_yours, make_generator
+    lesson and given as blank_header takes them; tasks(generator) -> [(name, reference,
+    cases)]; the blank holds functions, by default the tasks' references.
+    Needs: blank_header, blank_source, check_functions, load_yours, make_generator
     """
     if args.blank:
-        print(blank_source(header, functions or [t[1] for t in tasks(make_generator(0))]))
+        functions = functions or [t[1] for t in tasks(make_generator(0))]
+        print(blank_source(blank_header(lesson, given), functions))
         return 0
     if not args.yours:
         return None

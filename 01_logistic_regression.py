@@ -206,7 +206,8 @@ def cross_entropy_or_squared_error(X, y, batch_size, lr, seed, epochs=3, b=6.0):
 
     def measured(params):
         found = binary_metrics(logreg_forward(params, X), y)
-        return bce_with_logits(logreg_forward(params, X), y).item(), found["accuracy"], found["recall"]
+        loss = bce_with_logits(logreg_forward(params, X), y).item()
+        return loss, found["accuracy"], found["recall"]
     rows = {}
     for name, backward in (("cross-entropy", logreg_backward), ("squared error", mse_backward)):
         rows[name] = [measured(start)]
@@ -216,7 +217,8 @@ def cross_entropy_or_squared_error(X, y, batch_size, lr, seed, epochs=3, b=6.0):
           f"   {'trained with':>14}{'cross-entropy':>32}{'squared error':>32}\n"
           f"   {'epoch':>14}" + f"{'CE loss':>10}{'accuracy':>11}{'9s found':>11}" * 2)
     for epoch, (ce, se) in enumerate(zip(*rows.values())):
-        print(f"   {epoch:>14}" + "".join(f"{v[0]:>10.3f}{v[1]:>11.2%}{v[2]:>11.2%}" for v in (ce, se)))
+        print(f"   {epoch:>14}" + "".join(f"{loss:>10.3f}{acc:>11.2%}{found:>11.2%}"
+                                          for loss, acc, found in (ce, se)))
     return rows
 
 

@@ -22,7 +22,6 @@ derives every line; derive them yourself first, then write them:
 """
 
 import importlib
-import math
 import sys
 import tempfile
 import time
@@ -87,11 +86,11 @@ def mlp_backward_from(params, cache, dlogits):
     """
     grads = [None] * len(params)
     dz = dlogits  # delta_l of the layer we are at, starting with the last
-    for i in reversed(range(len(params) // 2)):  # layer l = i + 1: W_l = params[2i], H_{l-1} = cache[i]
-        dh, grads[2 * i], grads[2 * i + 1] = linear_backward(dz, cache[i], params[2 * i],
-                                                             need_dh=i > 0)
+    for i in reversed(range(len(params) // 2)):  # layer l = i + 1, from the last to the first
+        W, h = params[2 * i], cache[i]  # W_l, and the layer's input H_{l-1}
+        dh, grads[2 * i], grads[2 * i + 1] = linear_backward(dz, h, W, need_dh=i > 0)
         if i > 0:
-            dz = relu_backward(dh, cache[i])  # delta_{l-1}, through the ReLU that made H_{l-1}
+            dz = relu_backward(dh, h)  # delta_{l-1}, through the ReLU that made H_{l-1}
     return tuple(grads)
 
 
@@ -388,7 +387,8 @@ def source_with_bug(name):
 def main(argv=None):
     """Check the backward pass, walk its shapes, run backprop on a graph -> exit status.
 
-    Needs: common, BUGS, YOURS, softmax (02), one_hot, your_turn_tasks, source_with_bug, init_params (02),
+    Needs: common, BUGS, YOURS, softmax (02), one_hot, your_turn_tasks, source_with_bug,
+        init_params (02),
         shape_walkthrough, softmax_cross_entropy_backward, notebook_softmax_cross_entropy_backward,
         backprop_on_a_graph, backprop_against_differences, torch, tempfile, Path
     """
@@ -402,7 +402,8 @@ def main(argv=None):
     if status is not None:
         return status
     if args.bug == "list":
-        print("\n".join(f"{n:<20} {b[0].__doc__.split('.')[0]} (in {b[1]})" for n, b in BUGS.items()))
+        for name, (bug, target, _) in BUGS.items():
+            print(f"{name:<20} {bug.__doc__.split('.')[0]} (in {target})")
         return 0
     if args.bug:
         with tempfile.TemporaryDirectory() as folder:  # the lesson's file, the bug pasted in

@@ -97,7 +97,8 @@ def fit(config, data, generator, state=None, on_epoch=None, log=print):
         params = init_params([784, *config["hidden"], 10], generator, device=X_train.device)
         velocity, history = init_velocity(params), []
     else:
-        params, velocity = (tuple(t.to(X_train.device) for t in state[k]) for k in ("params", "velocity"))
+        params, velocity = (tuple(t.to(X_train.device) for t in state[key])
+                            for key in ("params", "velocity"))
         history = state["history"]
         generator.set_state(state["generator"])
     steps = -(-len(X_train) // config["batch_size"])  # per epoch: ceil(N / batch_size)
@@ -203,11 +204,17 @@ def affine_theta(angle, s, t, side):
 def warp(x, theta):
     """Resample each square image in x (B, side^2) through its map theta (B, 2, 3) -> (B, side^2).
 
-    Bilinear; what comes in from outside the image is 0, the background.
-    Needs: math, F
+    Output pixel (i, j) reads the input at theta[b] @ (c_j, c_i, 1), c_k = (2k + 1) / side - 1
+    being pixel k's centre in grid_sample's units (docs/04, step 26); bilinear, and what comes
+    in from outside the image is 0, the background.
+    Needs: math, torch, F
     """
     B, side = x.shape[0], math.isqrt(x.shape[1])
-    grid = F.affine_grid(theta.to(x), [B, 1, side, side], align_corners=False)
+    c = (torch.arange(side, dtype=x.dtype, device=x.device) * 2 + 1) / side - 1  # (side,)
+    theta = theta.to(x)
+    rows = theta[:, None, :, 1] * c[:, None] + theta[:, None, :, 2]  # (B, side, 2): c_i's part
+    cols = theta[:, None, :, 0] * c[:, None]  # (B, side, 2): c_j's part
+    grid = rows[:, :, None] + cols[:, None, :]  # (B, side, side, 2): one add per position
     return F.grid_sample(x.view(B, 1, side, side), grid, align_corners=False).view(B, -1)
 
 
@@ -286,7 +293,8 @@ def your_turn_tasks(generator):
     Needs: smoothed_cross_entropy, smoothed_cross_entropy_backward, add_weight_decay,
         momentum_step, init_params (02), torch
     """
-    logits, y = torch.randn(5, 3, generator=generator, dtype=torch.float64), torch.tensor([0, 2, 1, 2, 0])
+    logits = torch.randn(5, 3, generator=generator, dtype=torch.float64)  # B 5, C 3
+    y = torch.tensor([0, 2, 1, 2, 0])
     params = init_params([4, 3, 2], generator, dtype=torch.float64)
     grads, velocity = (tuple(torch.randn(p.shape, generator=generator, dtype=torch.float64)
                              for p in params) for _ in range(2))
@@ -412,8 +420,9 @@ def load_checkpoint(path):
     shapes = [s for a, b in zip(sizes, sizes[1:]) for s in ((a, b), (b,))]
     for key in ("params", "velocity"):
         if [tuple(t.shape) for t in state[key]] != shapes or not all_finite(state[key]):
-            raise ValueError(f"{path} holds {key} that are not a finite {'-'.join(map(str, sizes))} "
-                             "network, as its config says; it is damaged or not this lesson's.")
+            raise ValueError(f"{path} holds {key} that are not a finite "
+                             f"{'-'.join(map(str, sizes))} network, as its config says; it is "
+                             "damaged or not this lesson's.")
     return state
 
 
@@ -425,7 +434,8 @@ def run(config, device, out, state=None):
     started = time.perf_counter()
     X_all, y_all, X_test, y_test = (t[:config["limit"]] for t in common.load_mnist(device=device))
     generator = common.make_generator(config["seed"])
-    X_train, y_train, X_val, y_val = common.train_val_split(X_all, y_all, config["val_size"], generator)
+    X_train, y_train, X_val, y_val = common.train_val_split(X_all, y_all, config["val_size"],
+                                                            generator)
     print(f"{config['preset']}: {len(X_train):,} training, {len(X_val):,} validation, "
           f"{len(X_test):,} test digits on {device} ({common.device_description(device)})")
 
@@ -486,7 +496,8 @@ def run_ablation(args, out):
     runs = json.loads(path.read_text()) if path.is_file() else {}
     config = dict(PRESETS["notebook"], limit=args.limit, preset="ablation")
     data = [t[:args.limit] for t in common.load_mnist(device=args.device)]
-    rows = ["| rung | change | val accuracy | test accuracy | seconds |", "|---:|---|---:|---:|---:|"]
+    rows = ["| rung | change | val accuracy | test accuracy | seconds |",
+            "|---:|---|---:|---:|---:|"]
     for rung, (label, change) in enumerate(ABLATION):
         config = dict(config, **change)
         for seed in range(args.seeds):
@@ -494,7 +505,8 @@ def run_ablation(args, out):
             if key not in runs:
                 generator = common.make_generator(seed)
                 split = common.train_val_split(data[0], data[1], config["val_size"], generator)
-                params, _, history = fit(dict(config, seed=seed), split, generator, log=lambda s: None)
+                params, _, history = fit(dict(config, seed=seed), split, generator,
+                                         log=lambda line: None)
                 runs[key] = {"val": history[-1]["val_accuracy"],
                              "test": evaluate(params, data[2], data[3])[1],
                              "seconds": sum(h["seconds"] for h in history)}
@@ -502,11 +514,12 @@ def run_ablation(args, out):
                 print(f"rung {rung} seed {seed}: val {runs[key]['val']:.2%}, test "
                       f"{runs[key]['test']:.2%}, {runs[key]['seconds']:.0f} s  ({label})")
         mine = [runs[f"{rung}/{s}/{args.limit}"] for s in range(args.seeds)]
-
-        def spread(key):
+        cells = []
+        for key in ("val", "test"):  # mean and sample standard deviation over the seeds
             values = [100 * r[key] for r in mine]
-            return f"{statistics.mean(values):.2f} ± {statistics.pstdev(values):.2f} %"
-        rows.append(f"| {rung} | {label} | {spread('val')} | {spread('test')} | "
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.2f} ± {spread:.2f} %")
+        rows.append(f"| {rung} | {label} | {' | '.join(cells)} | "
                     f"{statistics.median(r['seconds'] for r in mine):.0f} |")
     print("\n".join(rows))
     return 0

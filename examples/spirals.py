@@ -11,6 +11,7 @@ import math
 
 import torch
 
+
 def init_params(sizes, generator=None, dtype=torch.float32, device="cpu"):
     """sizes (D, d_1, ..., C) -> (W1, b1, ..., Wn, bn), W (fan_in, fan_out), b (fan_out,).
 
@@ -134,11 +135,11 @@ def mlp_backward_from(params, cache, dlogits):
     """
     grads = [None] * len(params)
     dz = dlogits  # delta_l of the layer we are at, starting with the last
-    for i in reversed(range(len(params) // 2)):  # layer l = i + 1: W_l = params[2i], H_{l-1} = cache[i]
-        dh, grads[2 * i], grads[2 * i + 1] = linear_backward(dz, cache[i], params[2 * i],
-                                                             need_dh=i > 0)
+    for i in reversed(range(len(params) // 2)):  # layer l = i + 1, from the last to the first
+        W, h = params[2 * i], cache[i]  # W_l, and the layer's input H_{l-1}
+        dh, grads[2 * i], grads[2 * i + 1] = linear_backward(dz, h, W, need_dh=i > 0)
         if i > 0:
-            dz = relu_backward(dh, cache[i])  # delta_{l-1}, through the ReLU that made H_{l-1}
+            dz = relu_backward(dh, h)  # delta_{l-1}, through the ReLU that made H_{l-1}
     return tuple(grads)
 
 
@@ -203,7 +204,7 @@ if __name__ == "__main__":
     epochs, batch = 100, 40
     steps = epochs * -(-len(X) // batch)
     step = 0
-    for epoch in range(epochs):
+    for _ in range(epochs):
         for xb, yb in minibatches(X, y, batch, g):
             logits, cache = mlp_forward(params, xb)
             grads = mlp_backward(params, cache, yb)

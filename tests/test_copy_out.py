@@ -27,7 +27,8 @@ MODULES = {tag: importlib.import_module(name) for tag, name in FILES.items()}
 
 def globals_used(code):
     """Every global name a code object (and the functions and classes inside it) loads."""
-    names = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+    names = {i.argval for i in dis.get_instructions(code)
+             if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= globals_used(const)

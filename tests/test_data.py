@@ -150,4 +150,5 @@ def test_the_package_index_copy_is_checked_before_it_is_unpickled(tmp_path, monk
 def test_the_real_mnist_is_whole(mnist):
     X_train, y_train, X_test, y_test = mnist
     assert X_train.shape == (60_000, 784) and X_test.shape == (10_000, 784)
-    assert torch.bincount(y_test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert torch.bincount(y_test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974,
+                                               1009]

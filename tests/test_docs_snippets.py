@@ -1,7 +1,7 @@
 """The docs pages' "Check it yourself" snippets print what the pages say they print.
 
 Each ```python block in docs/*.md (inside a quote, lines starting with "> ") is run in a
-fresh namespace from the repository root, as a reader would paste it. A comment line of its own right
+fresh namespace from the repository root, as a reader would paste it. A comment line of its own
 after a print(...) line is that print's expected output; the printed lines must equal those
 comments, in order, so a page cannot go stale when a function it calls changes.
 """

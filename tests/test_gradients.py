@@ -62,7 +62,8 @@ def test_softmax_cross_entropy_backward_both_routes(scale):
     logits, y = randn(9, 4, scale=scale), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0])
     expected = referee(lambda z: F.cross_entropy(z, y), logits)
     close([L3.softmax_cross_entropy_backward(logits, y)], expected)
-    assert abs(L2.cross_entropy(logits, y).item() - F.cross_entropy(logits, y).item()) < 1e-9 * scale
+    loss = L2.cross_entropy(logits, y).item()
+    assert abs(loss - F.cross_entropy(logits, y).item()) < 1e-9 * scale
     if scale < 100:  # the notebook's route divides by P, which underflows at large logits
         close([L3.notebook_softmax_cross_entropy_backward(logits, y)], expected)
 
@@ -83,7 +84,7 @@ def test_mlp_backward_any_depth(sizes, dtype, rtol):
 def test_smoothing_and_weight_decay_gradients():
     logits, y = randn(6, 10, scale=3), torch.arange(6)
     for eps in (0.0, 0.1, 0.5):
-        expected = referee(lambda z: F.cross_entropy(z, y, label_smoothing=eps), logits)
+        expected = referee(lambda z, eps=eps: F.cross_entropy(z, y, label_smoothing=eps), logits)
         close([L4.smoothed_cross_entropy_backward(logits, y, eps)], expected)
         assert abs(L4.smoothed_cross_entropy(logits, y, eps).item()
                    - F.cross_entropy(logits, y, label_smoothing=eps).item()) < 1e-12
@@ -137,6 +138,11 @@ def test_augmentation_moves_where_the_docs_say_and_keeps_the_ink():
     turn = L4.affine_theta(torch.tensor([math.pi / 2] * 2), torch.ones(2), torch.zeros(2, 2), 28)
     assert divmod(L4.warp(x, turn)[0].argmax().item(), 28) == (20, 13)  # turned clockwise
     assert L4.augment(x, torch.Generator(), 0, 0, 0) is x
+    theta = L4.affine_theta(torch.rand(5), 1 + torch.rand(5) / 10, torch.rand(5, 2), 28)
+    images = torch.rand(5, 784, generator=torch.Generator().manual_seed(2))
+    grid = F.affine_grid(theta, [5, 1, 28, 28], align_corners=False)  # torch's, the referee
+    theirs = F.grid_sample(images.view(5, 1, 28, 28), grid, align_corners=False).view(5, -1)
+    assert (L4.warp(images, theta) - theirs).abs().max() < 1e-5
     digits = torch.rand(64, 784, generator=torch.Generator().manual_seed(0))
     digits[:, :28 * 4] = 0  # a blank border, as MNIST's, so nothing is moved out of the frame
     digits.view(64, 28, 28)[:, :, :4] = digits.view(64, 28, 28)[:, :, -4:] = 0

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 import common
+import exercises
 from common import minibatches, pyplot, save_figure
 
 
@@ -225,8 +226,9 @@ def cross_entropy_or_squared_error(X, y, batch_size, lr, seed, epochs=3, b=6.0):
 def main(argv=None):
     """Train the 9 detector, compare cross-entropy with squared error -> exit status.
 
-    Needs: common, sigmoid, your_turn_tasks, Path, is_nine, logreg_init, train, bce_with_logits,
-        binary_metrics, logreg_forward, plot_weights, cross_entropy_or_squared_error
+    Needs: common, exercises, sigmoid, your_turn_tasks, Path, is_nine, logreg_init, train,
+        bce_with_logits, binary_metrics, logreg_forward, plot_weights,
+        cross_entropy_or_squared_error
     """
     parser = common.make_parser(__doc__)
     parser.add_argument("--epochs", type=common.int_in(1, 1000), default=10)
@@ -237,9 +239,9 @@ def main(argv=None):
                         help="use only the first N training and N test digits (quick checks)")
     parser.add_argument("--out", type=common.writable_dir,
                         default=str(Path(__file__).resolve().parent / "runs" / "01"))
-    common.add_your_turn(parser)
+    exercises.add_your_turn(parser)
     args = parser.parse_args(argv)
-    status = common.your_turn(args, "01_logistic_regression", [sigmoid], your_turn_tasks)
+    status = exercises.your_turn(args, "01_logistic_regression", [sigmoid], your_turn_tasks)
     if status is not None:
         return status
 

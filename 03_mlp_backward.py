@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 import common
+import exercises
 
 L2 = importlib.import_module("02_mlp_forward")  # a module name cannot start with a digit
 softmax, cross_entropy, relu = L2.softmax, L2.cross_entropy, L2.relu
@@ -372,12 +373,12 @@ YOURS = (relu_backward, linear_backward, softmax_cross_entropy_backward, mlp_bac
 def source_with_bug(name):
     """The lesson's backward functions as a learner's file, one replaced by BUGS[name] -> str.
 
-    Needs: common, BUGS, YOURS, softmax (02), one_hot
+    Needs: exercises, BUGS, YOURS, softmax (02), one_hot
     """
     import inspect
 
     bug, target, _ = BUGS[name]
-    parts = [common.blank_header("03_mlp_backward", [softmax, one_hot])]
+    parts = [exercises.blank_header("03_mlp_backward", [softmax, one_hot])]
     for fn in YOURS:
         parts.append(inspect.getsource(fn) if fn.__name__ != target else
                      inspect.getsource(bug).replace(f"def {bug.__name__}(", f"def {target}(", 1))
@@ -387,18 +388,19 @@ def source_with_bug(name):
 def main(argv=None):
     """Check the backward pass, walk its shapes, run backprop on a graph -> exit status.
 
-    Needs: common, BUGS, YOURS, softmax (02), one_hot, your_turn_tasks, source_with_bug,
+    Needs: common, exercises, BUGS, YOURS, softmax (02), one_hot, your_turn_tasks, source_with_bug,
         init_params (02),
         shape_walkthrough, softmax_cross_entropy_backward, notebook_softmax_cross_entropy_backward,
         backprop_on_a_graph, backprop_against_differences, torch, tempfile, Path
     """
     parser = common.make_parser(__doc__)
-    common.add_your_turn(parser)
+    exercises.add_your_turn(parser)
     parser.add_argument("--bug", choices=["list", *BUGS], help="check a pass with one bug")
     parser.add_argument("--explain", action="store_true", help="with --bug: say why it breaks")
     args = parser.parse_args(argv)
     generator = common.make_generator(args.seed)
-    status = common.your_turn(args, "03_mlp_backward", [softmax, one_hot], your_turn_tasks, YOURS)
+    status = exercises.your_turn(args, "03_mlp_backward", [softmax, one_hot], your_turn_tasks,
+                                 YOURS)
     if status is not None:
         return status
     if args.bug == "list":
@@ -410,7 +412,7 @@ def main(argv=None):
             (Path(folder) / "bug.py").write_text(source_with_bug(args.bug))
             print(f"checking the backward pass with the bug {args.bug}: each function against "
                   "the lesson's own and central differences (float64)")
-            common.check_functions(common.load_yours(Path(folder) / "bug.py"),
+            exercises.check_functions(exercises.load_yours(Path(folder) / "bug.py"),
                                    your_turn_tasks(generator), hints=args.explain)
         print(f"\nwhy: {BUGS[args.bug][2]}" if args.explain else
               "\n(predict why these outputs break, then run it again with --explain)")
@@ -418,7 +420,7 @@ def main(argv=None):
 
     print("1. the backward functions against central differences in float64, as --yours checks "
           "yours:\n   ok means every entry within 1e-6, relative (float64 rounding leaves ~1e-10)")
-    ok = common.check_functions(globals(), your_turn_tasks(generator))
+    ok = exercises.check_functions(globals(), your_turn_tasks(generator))
     params = init_params([784, 512, 128, 10], generator, device=args.device)
     x = torch.rand(100, 784, generator=generator).to(args.device)  # B = 100: no size repeats
     y = torch.randint(0, 10, (100,), generator=generator).to(args.device)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import common
+import exercises
 from common import accuracy, minibatches
 
 L1 = importlib.import_module("01_logistic_regression")  # a module name cannot start with a digit
@@ -344,7 +345,7 @@ FORMAT = "backprop-mnist-checkpoint/3"
 def build_parser():
     """The command line: a preset, any hyperparameter over it, and the run modes.
 
-    Needs: common, PRESETS
+    Needs: common, exercises, PRESETS
     """
     p = common.make_parser(__doc__, "[--preset NAME] [--resume | --eval FILE | ...] [options]")
     p.add_argument("--preset", choices=list(PRESETS), default="default")
@@ -368,7 +369,7 @@ def build_parser():
     p.add_argument("--ablation", action="store_true", help="train the ablation's rungs")
     p.add_argument("--seeds", type=common.int_in(1, 20), default=3, help="seeds per rung")
     p.add_argument("--overfit-batch", action="store_true", help="fit one batch, nothing more")
-    common.add_your_turn(p)
+    exercises.add_your_turn(p)
     return p
 
 
@@ -528,14 +529,13 @@ def run_ablation(args, out):
 def main(argv=None):
     """Train, resume, evaluate, overfit one batch, run the ablation, or check yours -> status.
 
-    Needs: common, build_parser, resolve_config, softmax (02), one_hot (03), your_turn_tasks,
-        load_checkpoint,
-        evaluate, overfit_batch, run_ablation, run, Path, sys
+    Needs: common, exercises, build_parser, resolve_config, softmax (02), one_hot (03),
+        your_turn_tasks, load_checkpoint, evaluate, overfit_batch, run_ablation, run, Path, sys
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     config, given = resolve_config(args, parser)
-    status = common.your_turn(args, "04_train_mnist", [softmax, one_hot], your_turn_tasks)
+    status = exercises.your_turn(args, "04_train_mnist", [softmax, one_hot], your_turn_tasks)
     if status is not None:
         return status
     if args.eval:

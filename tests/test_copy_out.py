@@ -2,9 +2,10 @@
 
 Each public function's `Needs:` line must name exactly the globals its body uses, each with
 the file that defines it: a bare name for the same file, "(01)" to "(04)" for a lesson,
-"(common)" for common.py; anything else is a module or name to import, as the file imports
-it. The function, pasted with everything its needs need in turn, must define and resolve
-every name in a fresh namespace. examples/spirals.py pastes 17 of them unchanged and trains.
+"(common)" or "(exercises)" for those files; anything else is a module or name to import, as
+the file imports it. The function, pasted with everything its needs need in turn, must define
+and resolve every name in a fresh namespace. examples/spirals.py pastes 17 of them unchanged
+and trains.
 """
 
 import ast
@@ -21,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = {"01": "01_logistic_regression", "02": "02_mlp_forward", "03": "03_mlp_backward",
-         "04": "04_train_mnist", "common": "common"}
+         "04": "04_train_mnist", "common": "common", "exercises": "exercises"}
 MODULES = {tag: importlib.import_module(name) for tag, name in FILES.items()}
 
 

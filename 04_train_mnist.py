@@ -68,16 +68,17 @@ def train_epoch(params, velocity, X, y, config, generator, first_step, total_ste
     """One shuffled pass over X (N, D), y (N,) -> (params, velocity, mean step loss, the params
     before and after the epoch's middle step). Each batch is freshly distorted, then stepped.
 
-    Needs: minibatches (common), augment, learning_rate, train_step, torch, tqdm
+    Needs: minibatches (common), augment, linear_decay (01), train_step, torch, tqdm
     """
     losses, batches = [], minibatches(X, y, config["batch_size"], generator)
     bar = tqdm(batches, total=-(-len(X) // config["batch_size"]), leave=False, disable=None)
     for s, (xb, yb) in enumerate(bar):  # the bar shows on a terminal only
         xb = augment(xb, generator, config["rotate"], config["scale"], config["shift"])
+        lr = (config["lr"] if config["schedule"] == "constant"
+              else linear_decay(config["lr"], first_step + s, total_steps))  # to 0, as in 01
         before = params
-        params, velocity, loss = train_step(
-            params, velocity, xb, yb, learning_rate(config, first_step + s, total_steps),
-            config["momentum"], config["weight_decay"], config["smoothing"])
+        params, velocity, loss = train_step(params, velocity, xb, yb, lr, config["momentum"],
+                                            config["weight_decay"], config["smoothing"])
         losses.append(loss)  # left on the device: read back once, at the end
         if s == bar.total // 2:
             middle = (before, params)  # one step's update, for the diagnostics
@@ -90,8 +91,7 @@ def fit(config, data, generator, state=None, on_epoch=None, log=print):
     data: X_train, y_train, X_val, y_val on one device (X_val may be empty). After each epoch
     a record goes into history and on_epoch(params, velocity, history) saves it; a loss or
     parameter that is no longer finite stops the run with FloatingPointError.
-    Needs: init_params (02), init_velocity, train_epoch, evaluate, diagnostics, all_finite, time,
-        math
+    Needs: init_params (02), init_velocity, train_epoch, evaluate, diagnostics, time, math
     """
     X_train, y_train, X_val, y_val = data
     if state is None:
@@ -109,7 +109,7 @@ def fit(config, data, generator, state=None, on_epoch=None, log=print):
         params, velocity, loss, middle = train_epoch(params, velocity, X_train, y_train, config,
                                                      generator, (epoch - 1) * steps,
                                                      config["epochs"] * steps)
-        if not (math.isfinite(loss) and all_finite(params)):
+        if not (math.isfinite(loss) and all(p.isfinite().all() for p in params)):
             raise FloatingPointError(f"the loss or the weights stopped being finite in epoch "
                                      f"{epoch} (mean loss {loss:g}); lower --lr")
         val_loss, val_acc = evaluate(params, X_val, y_val)
@@ -175,16 +175,6 @@ def smoothed_cross_entropy_backward(logits, y, smoothing=0.0):
     B, C = logits.shape
     Y_s = one_hot(y, C, logits.dtype) * (1 - smoothing) + smoothing / C  # (B, C)
     return (softmax(logits) - Y_s) / B  # (P - Y_s) / B; smoothing 0 gives lesson 03's
-
-
-def learning_rate(config, step, total_steps):
-    """The lr at this step: constant (the notebook) or lesson 01's linear fall to 0.
-
-    Needs: linear_decay (01)
-    """
-    if config["schedule"] == "constant":
-        return config["lr"]
-    return linear_decay(config["lr"], step, total_steps)
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -257,14 +247,6 @@ def diagnostics(before, after, probe):
                              for b, a in zip(before[::2], after[::2])],
             "dead": [((h > 0).sum(dim=0) == 0).float().mean().item() for h in hidden],
             "rms": [h.square().mean().sqrt().item() for h in hidden]}
-
-
-def all_finite(tensors):
-    """Whether every entry of every tensor is finite (one wait for the device).
-
-    Needs: torch
-    """
-    return bool(torch.stack([t.isfinite().all() for t in tensors]).all())
 
 
 def overfit_batch(hidden, X, y, generator, lr=0.1, momentum=0.9, target=0.01, max_steps=500):
@@ -405,7 +387,7 @@ def save_checkpoint(path, params, velocity, config, generator, history):
 def load_checkpoint(path):
     """A checkpoint this lesson wrote -> its state; anything else -> ValueError in one sentence.
 
-    Needs: FORMAT, torch, all_finite
+    Needs: FORMAT, torch
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -420,7 +402,8 @@ def load_checkpoint(path):
     sizes = [784, *state["config"]["hidden"], 10]
     shapes = [s for a, b in zip(sizes, sizes[1:]) for s in ((a, b), (b,))]
     for key in ("params", "velocity"):
-        if [tuple(t.shape) for t in state[key]] != shapes or not all_finite(state[key]):
+        if [tuple(t.shape) for t in state[key]] != shapes or not all(
+                t.isfinite().all() for t in state[key]):
             raise ValueError(f"{path} holds {key} that are not a finite "
                              f"{'-'.join(map(str, sizes))} network, as its config says; it is "
                              "damaged or not this lesson's.")

@@ -48,7 +48,8 @@ def train_step(params, velocity, x, y, lr, momentum=0.0, weight_decay=0.0, smoot
     """Forward, backward, update -> (new params, new velocity, loss); the inputs stay unchanged.
 
     x (B, D), y (B,) int64; loss is the batch's mean smoothed cross-entropy before the update.
-    Momentum 0 is lesson 01's plain SGD, smoothing 0 lesson 02's loss and 03's delta_n.
+    Momentum 0 is lesson 01's plain SGD, smoothing 0 lesson 02's loss and 03's delta_n; the
+    new pieces are below, under "loss and updates".
     Needs: mlp_forward (02), smoothed_cross_entropy, smoothed_cross_entropy_backward,
         mlp_backward_from (03), add_weight_decay, momentum_step, sgd_step (01)
     """
@@ -68,11 +69,11 @@ def train_epoch(params, velocity, X, y, config, generator, first_step, total_ste
     """One shuffled pass over X (N, D), y (N,) -> (params, velocity, mean step loss, the params
     before and after the epoch's middle step). Each batch is freshly distorted, then stepped.
 
-    Needs: minibatches (common), augment, linear_decay (01), train_step, torch, tqdm
+    Needs: minibatches (common), augment, linear_decay (01), train_step, math, torch, tqdm
     """
+    steps = math.ceil(len(X) / config["batch_size"])  # the last batch may be smaller
     losses, batches = [], minibatches(X, y, config["batch_size"], generator)
-    bar = tqdm(batches, total=-(-len(X) // config["batch_size"]), leave=False, disable=None)
-    for s, (xb, yb) in enumerate(bar):  # the bar shows on a terminal only
+    for s, (xb, yb) in enumerate(tqdm(batches, total=steps, leave=False, disable=None)):
         xb = augment(xb, generator, config["rotate"], config["scale"], config["shift"])
         lr = (config["lr"] if config["schedule"] == "constant"
               else linear_decay(config["lr"], first_step + s, total_steps))  # to 0, as in 01
@@ -80,7 +81,7 @@ def train_epoch(params, velocity, X, y, config, generator, first_step, total_ste
         params, velocity, loss = train_step(params, velocity, xb, yb, lr, config["momentum"],
                                             config["weight_decay"], config["smoothing"])
         losses.append(loss)  # left on the device: read back once, at the end
-        if s == bar.total // 2:
+        if s == steps // 2:
             middle = (before, params)  # one step's update, for the diagnostics
     return params, velocity, torch.stack(losses).mean().item(), middle
 
@@ -98,11 +99,11 @@ def fit(config, data, generator, state=None, on_epoch=None, log=print):
         params = init_params([784, *config["hidden"], 10], generator, device=X_train.device)
         velocity, history = init_velocity(params), []
     else:
-        params, velocity = (tuple(t.to(X_train.device) for t in state[key])
-                            for key in ("params", "velocity"))
+        params = tuple(t.to(X_train.device) for t in state["params"])
+        velocity = tuple(t.to(X_train.device) for t in state["velocity"])
         history = state["history"]
         generator.set_state(state["generator"])
-    steps = -(-len(X_train) // config["batch_size"])  # per epoch: ceil(N / batch_size)
+    steps = math.ceil(len(X_train) / config["batch_size"])  # per epoch
     probe = (X_val if len(X_val) else X_train)[:1000]  # a fixed batch for the diagnostics
     for epoch in range(len(history) + 1, config["epochs"] + 1):
         tic = time.perf_counter()
@@ -187,8 +188,8 @@ def affine_theta(angle, s, t, side):
     map, in units of half the image (docs/04, section 5, steps 21-26).
     Needs: torch
     """
-    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s  # (B,)
-    A = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], 1)  # R^T / s
+    cos_s, sin_s = torch.cos(angle) / s, torch.sin(angle) / s  # (B,)
+    A = torch.stack([torch.stack([cos_s, sin_s], -1), torch.stack([-sin_s, cos_s], -1)], 1)
     return torch.cat([A, -A @ (t * 2 / side).unsqueeze(2)], 2)  # (B, 2, 3): [R^T/s | -R^T t'/s]
 
 
@@ -196,7 +197,7 @@ def warp(x, theta):
     """Resample each square image in x (B, side^2) through its map theta (B, 2, 3) -> (B, side^2).
 
     Output pixel (i, j) reads the input at theta[b] @ (c_j, c_i, 1), c_k = (2k + 1) / side - 1
-    being pixel k's centre in grid_sample's units (docs/04, step 26); bilinear, and what comes
+    being pixel k's centre in grid_sample's units (docs/04, section 5); bilinear, and what comes
     in from outside the image is 0, the background.
     Needs: math, torch, F
     """
@@ -211,7 +212,8 @@ def warp(x, theta):
 
 def augment(x, generator, rotate=0.0, scale=0.0, shift=0.0):
     """Each image of x (B, side^2) turned by up to rotate degrees, resized by up to scale, moved
-    by up to shift pixels, each drawn uniformly from generator -> (B, side^2); all 0: x itself.
+    by up to shift pixels along each axis, all drawn uniformly from generator -> (B, side^2);
+    all 0: x itself.
 
     Needs: affine_theta, warp, math, torch
     """
@@ -243,8 +245,8 @@ def diagnostics(before, after, probe):
     Needs: mlp_forward (02), math
     """
     hidden = mlp_forward(after, probe)[1][1:-1]  # H_1 ... H_{n-1}
-    return {"update_ratio": [math.log10((b - a).norm().item() / a.norm().item())
-                             for b, a in zip(before[::2], after[::2])],
+    return {"update_ratio": [math.log10((new - old).norm().item() / new.norm().item())
+                             for old, new in zip(before[::2], after[::2])],  # W's only
             "dead": [((h > 0).sum(dim=0) == 0).float().mean().item() for h in hidden],
             "rms": [h.square().mean().sqrt().item() for h in hidden]}
 
@@ -259,7 +261,7 @@ def overfit_batch(hidden, X, y, generator, lr=0.1, momentum=0.9, target=0.01, ma
     params = init_params([784, *hidden, 10], generator, device=X.device)
     velocity = init_velocity(params)
     for step in range(max_steps + 1):
-        loss = cross_entropy(mlp_forward(params, X)[0], y).item()  # before step + 1
+        loss = cross_entropy(mlp_forward(params, X)[0], y).item()  # after `step` updates
         if step & (step - 1) == 0 or loss < target:  # steps 0, 1, 2, 4, 8, ... and the last
             print(f"after {step:>3} steps | loss on the batch {loss:.4f}")
         if loss < target:
@@ -289,6 +291,7 @@ def your_turn_tasks(generator):
              [{"args": (grads, params, 0.01), "names": [f"d{n}" for n in names], "B": 5,
                "at": params, "hint": lambda m, w, args: m.dim() == 1 and "biases keep their "
                "gradient: the penalty holds the weights W only",
+               # a loss whose gradient is g + 0.01 W: <g, p> + (0.01 / 2) |W|^2
                "loss": lambda *ps: sum((g * p).sum() + (0.005 * (p * p).sum() if p.dim() == 2
                                                        else 0) for g, p in zip(grads, ps))}]),
             ("momentum_step", momentum_step,
@@ -531,14 +534,15 @@ def main(argv=None):
         return 0
     if args.overfit_batch:
         X, y = common.load_mnist(device=args.device)[:2]
-        print(f"one batch of {config['batch_size']} digits, lr 0.1, momentum 0.9; the loss "
-              f"starts near ln 10 = 2.30 (lesson 02)")
-        steps = overfit_batch(config["hidden"], X[:config["batch_size"]],
-                              y[:config["batch_size"]], common.make_generator(args.seed))
+        lr, momentum = given.get("lr", 0.1), given.get("momentum", 0.9)  # not the preset's
+        print(f"one batch of {config['batch_size']} digits, lr {lr:g}, momentum {momentum:g}; "
+              "the loss starts near ln 10 = 2.30 (lesson 02)")
+        steps = overfit_batch(config["hidden"], X[:config["batch_size"]], y[:config["batch_size"]],
+                              common.make_generator(args.seed), lr, momentum)
         print(f"fitted one batch of {config['batch_size']} in {steps} steps: the step can learn"
               if steps else "could not fit one batch in 500 steps: look for a bug in the step")
         return 0 if steps else 1
-    common.keep_freed_memory()
+    common.keep_freed_memory()  # speed only: reuse freed buffers (docs/benchmarks.md)
     out = args.out or common.writable_dir(Path(__file__).resolve().parent / "runs" /
                                           ("ablation" if args.ablation else args.preset))
     with common.lock_folder(out):

@@ -273,7 +273,8 @@ def overfit_batch(hidden, X, y, generator, lr=0.1, momentum=0.9, target=0.01, ma
 # ----------------------------------------------------------------------------- your turn
 
 def your_turn_tasks(generator):
-    """Label smoothing's gradient, weight decay's, the momentum update: float64 cases.
+    """Label smoothing's gradient, weight decay's, the momentum update: float64 cases, each a
+    dict that exercises.check_case reads (its docstring says what each key means).
 
     Needs: smoothed_cross_entropy, smoothed_cross_entropy_backward, add_weight_decay,
         momentum_step, init_params (02), torch

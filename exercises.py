@@ -16,6 +16,8 @@ import traceback
 
 import torch
 
+from common import make_generator
+
 
 def blank_header(lesson, given):
     """The top of a learner's file for lesson (its file name without .py): how to check it,
@@ -60,17 +62,17 @@ def your_turn(args, lesson, given, tasks, functions=None):
 
     lesson and given as blank_header takes them; tasks(generator) -> [(name, reference,
     cases)]; the blank holds functions, by default the tasks' references.
-    Needs: blank_header, blank_source, check_functions, load_yours, torch
+    Needs: blank_header, blank_source, check_functions, load_yours, make_generator (common)
     """
     if args.blank:
-        functions = functions or [t[1] for t in tasks(torch.Generator().manual_seed(0))]
+        functions = functions or [t[1] for t in tasks(make_generator(0))]
         print(blank_source(blank_header(lesson, given), functions))
         return 0
     if not args.yours:
         return None
     print(f"checking {args.yours}: each function against the lesson's own, and each gradient "
           "against central differences (float64)")
-    ok = check_functions(load_yours(args.yours), tasks(torch.Generator().manual_seed(args.seed)))
+    ok = check_functions(load_yours(args.yours), tasks(make_generator(args.seed)))
     print("all correct" if ok else "not yet: fix the first function that is not ok, then run "
           "this again")
     return 0 if ok else 1
